@@ -1,0 +1,812 @@
+//! The dataplane configuration: what the operator writes into a ConfigMap and what
+//! `eventstream-dataplane bridge|sink --config FILE` reads.
+//!
+//! One definition for both binaries. Load it with [`DataplaneConfig::from_yaml`], which rejects
+//! unknown keys and bad values and lists *every* problem it finds, each with its field path.
+//! Secrets never appear in this file: the dataplane reads them from the environment
+//! ([`ENV_KAFKA_USERNAME`], [`ENV_KAFKA_PASSWORD`], [`ENV_POSTGRES_URL`], [`ENV_JWT_KEY`]).
+
+use std::collections::BTreeMap;
+use std::fmt;
+use std::net::SocketAddr;
+use std::time::Duration;
+
+use serde::{Deserialize, Serialize};
+
+use crate::duration::serde_str;
+use crate::pointer;
+use crate::v1alpha1::{
+    ChannelSpec, Compression, EnrichSpec, JwtAlgorithm, PayloadFormat, SaslMechanism,
+    SecurityProtocol, SlowClientPolicy, StartFrom, Timescale,
+};
+
+/// Environment variable holding the Kafka SASL username.
+pub const ENV_KAFKA_USERNAME: &str = "EVENTSTREAM_KAFKA_USERNAME";
+/// Environment variable holding the Kafka SASL password.
+pub const ENV_KAFKA_PASSWORD: &str = "EVENTSTREAM_KAFKA_PASSWORD";
+/// Environment variable holding the sink's PostgreSQL URL.
+pub const ENV_POSTGRES_URL: &str = "EVENTSTREAM_POSTGRES_URL";
+/// Environment variable holding the JWT HS256 secret or RS256 public key (PEM).
+pub const ENV_JWT_KEY: &str = "EVENTSTREAM_JWT_KEY";
+
+/// Everything a dataplane process needs to serve one stream.
+#[derive(Serialize, Deserialize, Clone, Debug, PartialEq)]
+#[serde(rename_all = "camelCase")]
+pub struct DataplaneConfig {
+    /// Which EventStream this is; `namespace/name` is the `stream` label of every metric.
+    pub stream: StreamId,
+    /// The Kafka cluster.
+    pub kafka: KafkaConfig,
+    /// The stream's topic.
+    pub topic: String,
+    /// The HTTP server (ingest, `/ws`, `/sse`, health, metrics).
+    #[serde(default)]
+    pub server: ServerConfig,
+    /// HTTP ingest.
+    #[serde(default)]
+    pub ingest: IngestConfig,
+    /// WebSocket and SSE fan-out.
+    #[serde(default)]
+    pub websocket: WebSocketConfig,
+    /// JWT authentication; absent means none.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub auth: Option<AuthConfig>,
+    /// Persistence into PostgreSQL; required by `sink` mode.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub sink: Option<SinkConfig>,
+}
+
+/// The EventStream a dataplane serves.
+#[derive(Serialize, Deserialize, Clone, Debug, PartialEq, Eq)]
+pub struct StreamId {
+    /// Namespace of the EventStream.
+    pub namespace: String,
+    /// Name of the EventStream.
+    pub name: String,
+}
+
+impl StreamId {
+    /// `namespace/name`, the value of the `stream` metric label.
+    pub fn label(&self) -> String {
+        format!("{}/{}", self.namespace, self.name)
+    }
+}
+
+/// How the dataplane reaches Kafka.
+#[derive(Serialize, Deserialize, Clone, Debug, PartialEq)]
+#[serde(rename_all = "camelCase")]
+pub struct KafkaConfig {
+    /// Comma-separated `host:port` list.
+    pub bootstrap_servers: String,
+    /// `security.protocol`.
+    #[serde(default)]
+    pub security_protocol: SecurityProtocol,
+    /// `sasl.mechanism`; credentials come from the environment.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub sasl_mechanism: Option<SaslMechanism>,
+    /// PEM file of a private certificate authority (`ssl.ca.location`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub ca_file: Option<String>,
+    /// Extra librdkafka properties applied to every client (e.g. `fetch.wait.max.ms`).
+    #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
+    pub properties: BTreeMap<String, String>,
+}
+
+/// The HTTP server.
+#[derive(Serialize, Deserialize, Clone, Debug, PartialEq, Eq)]
+#[serde(rename_all = "camelCase")]
+pub struct ServerConfig {
+    /// Address of the HTTP server.
+    #[serde(default = "default_listen")]
+    pub listen: SocketAddr,
+    /// How long shutdown waits for clients and in-flight work after SIGTERM.
+    #[serde(default = "default_shutdown_grace", with = "serde_str")]
+    pub shutdown_grace: Duration,
+}
+
+impl Default for ServerConfig {
+    fn default() -> Self {
+        Self {
+            listen: default_listen(),
+            shutdown_grace: default_shutdown_grace(),
+        }
+    }
+}
+
+/// HTTP ingest.
+#[derive(Serialize, Deserialize, Clone, Debug, PartialEq)]
+#[serde(rename_all = "camelCase")]
+pub struct IngestConfig {
+    /// Serve `/produce` and `/produce/batch`.
+    #[serde(default = "default_true")]
+    pub enabled: bool,
+    /// JSON pointer of the key field.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub key_field: Option<String>,
+    /// Required fields (names or JSON pointers).
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub required_fields: Vec<String>,
+    /// JSON Schema every event must satisfy.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub schema: Option<serde_json::Value>,
+    /// Largest `/produce` body.
+    #[serde(default = "default_max_body_bytes")]
+    pub max_body_bytes: u32,
+    /// Largest `/produce/batch` body.
+    #[serde(default = "default_max_batch_bytes")]
+    pub max_batch_bytes: u32,
+    /// Most events in one batch.
+    #[serde(default = "default_max_batch_items")]
+    pub max_batch_items: u32,
+    /// Producer `linger.ms`.
+    #[serde(default = "default_linger", with = "serde_str")]
+    pub linger: Duration,
+    /// Longest wait for the broker's acknowledgement before 503.
+    #[serde(default = "default_produce_timeout", with = "serde_str")]
+    pub produce_timeout: Duration,
+    /// Producer `compression.type`.
+    #[serde(default)]
+    pub compression: Compression,
+    /// Payload enrichment.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub enrich: Option<EnrichSpec>,
+    /// CORS allow-list.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub cors_origins: Vec<String>,
+}
+
+impl Default for IngestConfig {
+    fn default() -> Self {
+        Self {
+            enabled: true,
+            key_field: None,
+            required_fields: Vec::new(),
+            schema: None,
+            max_body_bytes: default_max_body_bytes(),
+            max_batch_bytes: default_max_batch_bytes(),
+            max_batch_items: default_max_batch_items(),
+            linger: default_linger(),
+            produce_timeout: default_produce_timeout(),
+            compression: Compression::default(),
+            enrich: None,
+            cors_origins: Vec::new(),
+        }
+    }
+}
+
+/// WebSocket and SSE fan-out.
+#[derive(Serialize, Deserialize, Clone, Debug, PartialEq, Eq)]
+#[serde(rename_all = "camelCase")]
+pub struct WebSocketConfig {
+    /// Serve `/ws` and `/sse`.
+    #[serde(default = "default_true")]
+    pub enabled: bool,
+    /// Channel derivation.
+    #[serde(default)]
+    pub channel: ChannelSpec,
+    /// Where a new bridge starts reading.
+    #[serde(default)]
+    pub start_from: StartFrom,
+    /// Most records replayed for one resume (0: no replay).
+    #[serde(default = "default_replay_max")]
+    pub replay_max_messages: u32,
+    /// Keep and send the last record per channel.
+    #[serde(default)]
+    pub snapshot: bool,
+    /// Per-client queue length.
+    #[serde(default = "default_queue_messages")]
+    pub queue_messages: u32,
+    /// What happens when the queue is full.
+    #[serde(default)]
+    pub slow_client_policy: SlowClientPolicy,
+    /// Most concurrent connections.
+    #[serde(default = "default_max_connections")]
+    pub max_connections: u32,
+    /// Most subscriptions per connection.
+    #[serde(default = "default_max_subscriptions")]
+    pub max_subscriptions_per_connection: u32,
+    /// Largest client frame.
+    #[serde(default = "default_max_frame_bytes")]
+    pub max_frame_bytes: u32,
+    /// Server ping interval.
+    #[serde(default = "default_ping_interval", with = "serde_str")]
+    pub ping_interval: Duration,
+    /// Idle timeout.
+    #[serde(default = "default_idle_timeout", with = "serde_str")]
+    pub idle_timeout: Duration,
+}
+
+impl Default for WebSocketConfig {
+    fn default() -> Self {
+        Self {
+            enabled: true,
+            channel: ChannelSpec::default(),
+            start_from: StartFrom::default(),
+            replay_max_messages: default_replay_max(),
+            snapshot: false,
+            queue_messages: default_queue_messages(),
+            slow_client_policy: SlowClientPolicy::default(),
+            max_connections: default_max_connections(),
+            max_subscriptions_per_connection: default_max_subscriptions(),
+            max_frame_bytes: default_max_frame_bytes(),
+            ping_interval: default_ping_interval(),
+            idle_timeout: default_idle_timeout(),
+        }
+    }
+}
+
+/// JWT authentication; the key comes from [`ENV_JWT_KEY`].
+#[derive(Serialize, Deserialize, Clone, Debug, PartialEq, Eq)]
+#[serde(rename_all = "camelCase")]
+pub struct AuthConfig {
+    /// Signature algorithm.
+    pub algorithm: JwtAlgorithm,
+    /// Required `iss`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub issuer: Option<String>,
+    /// Required `aud`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub audience: Option<String>,
+    /// Claim with the allowed channel globs.
+    #[serde(default = "default_channels_claim")]
+    pub channels_claim: String,
+    /// Claim that allows publishing.
+    #[serde(default = "default_publish_claim")]
+    pub publish_claim: String,
+    /// Protect `/ws` and `/sse`.
+    #[serde(default = "default_true")]
+    pub websocket: bool,
+    /// Protect ingest.
+    #[serde(default = "default_true")]
+    pub ingest: bool,
+}
+
+/// Persistence into PostgreSQL; the URL comes from [`ENV_POSTGRES_URL`].
+#[derive(Serialize, Deserialize, Clone, Debug, PartialEq, Eq)]
+#[serde(rename_all = "camelCase")]
+pub struct SinkConfig {
+    /// Table, optionally schema-qualified.
+    pub table: String,
+    /// TimescaleDB mode.
+    #[serde(default)]
+    pub timescale: Timescale,
+    /// Rows per transaction.
+    #[serde(default = "default_batch_rows")]
+    pub max_rows: u32,
+    /// Longest wait before a batch is written.
+    #[serde(default = "default_batch_delay", with = "serde_str")]
+    pub max_delay: Duration,
+    /// Payload column type.
+    #[serde(default)]
+    pub payload: PayloadFormat,
+    /// Dead-letter topic.
+    pub dead_letter_topic: String,
+    /// Consumer group.
+    pub consumer_group: String,
+}
+
+/// One problem in a config: where and what.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct FieldError {
+    /// Dotted path of the field, e.g. `websocket.queueMessages`.
+    pub path: String,
+    /// What is wrong and how to fix it.
+    pub reason: String,
+}
+
+impl fmt::Display for FieldError {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "{}: {}", self.path, self.reason)
+    }
+}
+
+/// A config that cannot be used, with every problem found.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub struct ConfigError {
+    /// The problems, in document order where known.
+    pub problems: Vec<FieldError>,
+}
+
+impl fmt::Display for ConfigError {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(
+            f,
+            "invalid dataplane config ({} problem",
+            self.problems.len()
+        )?;
+        if self.problems.len() != 1 {
+            f.write_str("s")?;
+        }
+        f.write_str(")")?;
+        for p in &self.problems {
+            write!(f, "\n  - {p}")?;
+        }
+        Ok(())
+    }
+}
+
+impl ConfigError {
+    fn one(path: impl Into<String>, reason: impl Into<String>) -> Self {
+        Self {
+            problems: vec![FieldError {
+                path: path.into(),
+                reason: reason.into(),
+            }],
+        }
+    }
+}
+
+impl DataplaneConfig {
+    /// Parses and validates a YAML (or JSON) config. Unknown keys, type errors and bad values
+    /// are all reported, each with its path; a syntax error is reported alone with its position.
+    pub fn from_yaml(text: &str) -> Result<Self, ConfigError> {
+        let value: serde_yaml::Value = serde_yaml::from_str(text)
+            .map_err(|e| ConfigError::one("(document)", e.to_string()))?;
+        let mut problems = Vec::new();
+        let mut unknown = Vec::new();
+        let mut on_unknown = |path: serde_ignored::Path<'_>| unknown.push(path.to_string());
+        let ignored = serde_ignored::Deserializer::new(value, &mut on_unknown);
+        let parsed: Result<Self, _> = serde_path_to_error::deserialize(ignored);
+        for path in unknown {
+            problems.push(FieldError {
+                path,
+                reason: "unknown key (check its spelling against docs/config.md)".into(),
+            });
+        }
+        match parsed {
+            Ok(config) => {
+                problems.extend(config.validate());
+                if problems.is_empty() {
+                    Ok(config)
+                } else {
+                    Err(ConfigError { problems })
+                }
+            }
+            Err(e) => {
+                let path = match e.path().to_string() {
+                    p if p == "." => "(document)".to_string(),
+                    p => p,
+                };
+                problems.push(FieldError {
+                    path,
+                    reason: e.into_inner().to_string(),
+                });
+                Err(ConfigError { problems })
+            }
+        }
+    }
+
+    /// The config as YAML, as the operator writes it into the ConfigMap.
+    pub fn to_yaml(&self) -> String {
+        // Plain data with string keys: serialisation cannot fail.
+        serde_yaml::to_string(self).unwrap_or_else(|e| panic!("config serialises: {e}"))
+    }
+
+    /// Every value problem of an already-parsed config, each with its field path.
+    pub fn validate(&self) -> Vec<FieldError> {
+        let mut out = Vec::new();
+        let mut bad = |path: &str, reason: String| {
+            out.push(FieldError {
+                path: path.to_string(),
+                reason,
+            })
+        };
+
+        if self.stream.namespace.is_empty() {
+            bad("stream.namespace", "must not be empty".into());
+        }
+        if self.stream.name.is_empty() {
+            bad("stream.name", "must not be empty".into());
+        }
+
+        if let Err(reason) = check_bootstrap(&self.kafka.bootstrap_servers) {
+            bad("kafka.bootstrapServers", reason);
+        }
+        let sasl = matches!(
+            self.kafka.security_protocol,
+            SecurityProtocol::SaslPlaintext | SecurityProtocol::SaslSsl
+        );
+        if self.kafka.sasl_mechanism.is_some() && !sasl {
+            bad(
+                "kafka.saslMechanism",
+                "only applies when securityProtocol is SASL_PLAINTEXT or SASL_SSL".into(),
+            );
+        }
+        if let Err(reason) = check_topic_name(&self.topic) {
+            bad("topic", reason);
+        }
+
+        let ingest = &self.ingest;
+        if let Some(key) = &ingest.key_field
+            && let Err(e) = pointer::check(key)
+        {
+            bad("ingest.keyField", e.to_string());
+        }
+        for (i, field) in ingest.required_fields.iter().enumerate() {
+            if field.is_empty() {
+                bad(
+                    &format!("ingest.requiredFields[{i}]"),
+                    "must not be empty".into(),
+                );
+            } else if field.starts_with('/')
+                && let Err(e) = pointer::check(field)
+            {
+                bad(&format!("ingest.requiredFields[{i}]"), e.to_string());
+            }
+        }
+        if let Some(schema) = &ingest.schema
+            && !(schema.is_object() || schema.is_boolean())
+        {
+            bad(
+                "ingest.schema",
+                "must be a JSON Schema object (or true/false)".into(),
+            );
+        }
+        if ingest.max_body_bytes < 64 {
+            bad("ingest.maxBodyBytes", "must be at least 64".into());
+        }
+        if ingest.max_batch_bytes < ingest.max_body_bytes {
+            bad(
+                "ingest.maxBatchBytes",
+                format!(
+                    "must be at least ingest.maxBodyBytes ({})",
+                    ingest.max_body_bytes
+                ),
+            );
+        }
+        if ingest.max_batch_items == 0 {
+            bad("ingest.maxBatchItems", "must be at least 1".into());
+        }
+        if ingest.produce_timeout.is_zero() {
+            bad("ingest.produceTimeout", "must be greater than zero".into());
+        }
+        if ingest.linger > Duration::from_secs(5) {
+            bad(
+                "ingest.linger",
+                "must be at most 5s: every ingest request waits for it".into(),
+            );
+        }
+
+        let ws = &self.websocket;
+        if ws.channel.field.is_some() && ws.channel.header.is_some() {
+            bad(
+                "websocket.channel",
+                "set field or header, not both (neither means the Kafka key)".into(),
+            );
+        }
+        if let Some(field) = &ws.channel.field
+            && let Err(e) = pointer::check(field)
+        {
+            bad("websocket.channel.field", e.to_string());
+        }
+        if ws.channel.header.as_deref() == Some("") {
+            bad("websocket.channel.header", "must not be empty".into());
+        }
+        if ws.queue_messages == 0 {
+            bad("websocket.queueMessages", "must be at least 1".into());
+        }
+        if ws.max_connections == 0 {
+            bad("websocket.maxConnections", "must be at least 1".into());
+        }
+        if ws.max_subscriptions_per_connection == 0 {
+            bad(
+                "websocket.maxSubscriptionsPerConnection",
+                "must be at least 1".into(),
+            );
+        }
+        if ws.max_frame_bytes < 256 {
+            bad("websocket.maxFrameBytes", "must be at least 256".into());
+        }
+        if ws.ping_interval.is_zero() {
+            bad("websocket.pingInterval", "must be greater than zero".into());
+        }
+        if ws.idle_timeout <= ws.ping_interval {
+            bad(
+                "websocket.idleTimeout",
+                format!(
+                    "must be longer than websocket.pingInterval ({}), or every idle client is closed",
+                    crate::duration::format(ws.ping_interval)
+                ),
+            );
+        }
+
+        if let Some(auth) = &self.auth {
+            if auth.channels_claim.is_empty() {
+                bad("auth.channelsClaim", "must not be empty".into());
+            }
+            if auth.publish_claim.is_empty() {
+                bad("auth.publishClaim", "must not be empty".into());
+            }
+        }
+
+        if let Some(sink) = &self.sink {
+            if let Err(reason) = check_table_name(&sink.table) {
+                bad("sink.table", reason);
+            }
+            if sink.max_rows == 0 || sink.max_rows > 100_000 {
+                bad("sink.maxRows", "must be between 1 and 100000".into());
+            }
+            if sink.max_delay.is_zero() {
+                bad("sink.maxDelay", "must be greater than zero".into());
+            }
+            if let Err(reason) = check_topic_name(&sink.dead_letter_topic) {
+                bad("sink.deadLetterTopic", reason);
+            } else if sink.dead_letter_topic == self.topic {
+                bad(
+                    "sink.deadLetterTopic",
+                    "must differ from the stream's topic".into(),
+                );
+            }
+            if sink.consumer_group.is_empty() {
+                bad("sink.consumerGroup", "must not be empty".into());
+            }
+        }
+        out
+    }
+}
+
+/// Checks a `host:port[,host:port…]` bootstrap list.
+pub fn check_bootstrap(list: &str) -> Result<(), String> {
+    if list.trim().is_empty() {
+        return Err("must list at least one host:port".into());
+    }
+    for entry in list.split(',') {
+        let entry = entry.trim();
+        let Some((host, port)) = entry.rsplit_once(':') else {
+            return Err(format!("{entry:?} has no port: write host:port"));
+        };
+        if host.is_empty() {
+            return Err(format!("{entry:?} has no host: write host:port"));
+        }
+        if port.parse::<u16>().map_or(true, |p| p == 0) {
+            return Err(format!("{entry:?} has an invalid port {port:?}"));
+        }
+    }
+    Ok(())
+}
+
+/// Checks a Kafka topic name (1–249 of `[a-zA-Z0-9._-]`, not `.` or `..`).
+pub fn check_topic_name(name: &str) -> Result<(), String> {
+    if name.is_empty() || name.len() > 249 {
+        return Err(format!("{name:?} must be 1 to 249 characters long"));
+    }
+    if name == "." || name == ".." {
+        return Err(format!("{name:?} is not a valid topic name"));
+    }
+    if let Some(c) = name
+        .chars()
+        .find(|c| !(c.is_ascii_alphanumeric() || matches!(c, '.' | '_' | '-')))
+    {
+        return Err(format!(
+            "{name:?} contains {c:?}: topic names use only letters, digits, '.', '_' and '-'"
+        ));
+    }
+    Ok(())
+}
+
+/// Checks a PostgreSQL table name: `[schema.]table`, unquoted lower-case identifiers.
+pub fn check_table_name(name: &str) -> Result<(), String> {
+    let parts: Vec<&str> = name.split('.').collect();
+    if parts.len() > 2 {
+        return Err(format!(
+            "{name:?} has more than one '.': write table or schema.table"
+        ));
+    }
+    for part in parts {
+        let mut chars = part.chars();
+        let ok_start = chars
+            .next()
+            .is_some_and(|c| c.is_ascii_lowercase() || c == '_');
+        let ok_rest = chars.all(|c| c.is_ascii_lowercase() || c.is_ascii_digit() || c == '_');
+        if !ok_start || !ok_rest || part.len() > 63 {
+            return Err(format!(
+                "{name:?}: each part must be a lower-case identifier ([a-z_][a-z0-9_]*, at most 63 bytes)"
+            ));
+        }
+    }
+    Ok(())
+}
+
+fn default_true() -> bool {
+    true
+}
+fn default_listen() -> SocketAddr {
+    SocketAddr::from(([0, 0, 0, 0], 8080))
+}
+fn default_shutdown_grace() -> Duration {
+    Duration::from_secs(10)
+}
+fn default_max_body_bytes() -> u32 {
+    1024 * 1024
+}
+fn default_max_batch_bytes() -> u32 {
+    8 * 1024 * 1024
+}
+fn default_max_batch_items() -> u32 {
+    1000
+}
+fn default_linger() -> Duration {
+    Duration::from_millis(5)
+}
+fn default_produce_timeout() -> Duration {
+    Duration::from_secs(10)
+}
+fn default_replay_max() -> u32 {
+    10_000
+}
+fn default_queue_messages() -> u32 {
+    1024
+}
+fn default_max_connections() -> u32 {
+    20_000
+}
+fn default_max_subscriptions() -> u32 {
+    100
+}
+fn default_max_frame_bytes() -> u32 {
+    64 * 1024
+}
+fn default_ping_interval() -> Duration {
+    Duration::from_secs(20)
+}
+fn default_idle_timeout() -> Duration {
+    Duration::from_secs(60)
+}
+fn default_channels_claim() -> String {
+    "channels".into()
+}
+fn default_publish_claim() -> String {
+    "publish".into()
+}
+fn default_batch_rows() -> u32 {
+    100
+}
+fn default_batch_delay() -> Duration {
+    Duration::from_secs(5)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const MINIMAL: &str = "
+stream: { namespace: shop, name: clicks }
+kafka: { bootstrapServers: 'localhost:9092' }
+topic: shop.clicks
+";
+
+    #[test]
+    fn minimal_config_gets_defaults() {
+        let config = DataplaneConfig::from_yaml(MINIMAL).expect("valid");
+        assert_eq!(config.stream.label(), "shop/clicks");
+        assert_eq!(config.server.listen, default_listen());
+        assert_eq!(config.websocket.queue_messages, 1024);
+        assert_eq!(config.websocket.ping_interval, Duration::from_secs(20));
+        assert!(config.ingest.enabled);
+        assert!(config.sink.is_none());
+    }
+
+    #[test]
+    fn yaml_round_trips() {
+        let config = DataplaneConfig::from_yaml(MINIMAL).expect("valid");
+        let again = DataplaneConfig::from_yaml(&config.to_yaml()).expect("valid");
+        assert_eq!(config, again);
+    }
+
+    fn problems(text: &str) -> Vec<FieldError> {
+        DataplaneConfig::from_yaml(text)
+            .expect_err("invalid config must be refused")
+            .problems
+    }
+
+    fn paths(text: &str) -> Vec<String> {
+        problems(text).into_iter().map(|p| p.path).collect()
+    }
+
+    #[test]
+    fn every_problem_is_listed_at_once() {
+        let text = "
+stream: { namespace: shop, name: clicks }
+kafka: { bootstrapServers: 'localhost', saslMechanism: PLAIN, bootstrapServer: x }
+topic: 'shop clicks'
+ingest: { keyField: userId, maxBodyBytes: 10, produceTimeout: 0s }
+websocket:
+  channel: { field: /a, header: b }
+  queueMessages: 0
+  pingInterval: 30s
+  idleTimeout: 10s
+  queueMesages: 5
+sink: { table: Bad-Table, maxRows: 0, deadLetterTopic: shop.clicks.dlq, consumerGroup: g }
+";
+        let got = paths(text);
+        let want = [
+            "kafka.bootstrapServer",
+            "websocket.queueMesages",
+            "kafka.bootstrapServers",
+            "kafka.saslMechanism",
+            "topic",
+            "ingest.keyField",
+            "ingest.maxBodyBytes",
+            "ingest.produceTimeout",
+            "websocket.channel",
+            "websocket.queueMessages",
+            "websocket.idleTimeout",
+            "sink.table",
+            "sink.maxRows",
+        ];
+        assert_eq!(got, want);
+    }
+
+    #[test]
+    fn type_errors_name_their_path() {
+        let text = format!("{MINIMAL}websocket: {{ queueMessages: lots }}\n");
+        let got = problems(&text);
+        assert_eq!(got.len(), 1);
+        assert_eq!(got[0].path, "websocket.queueMessages");
+        assert!(got[0].reason.contains("invalid type"), "{}", got[0].reason);
+    }
+
+    #[test]
+    fn bad_durations_and_enums_are_refused() {
+        let got = problems(&format!("{MINIMAL}ingest: {{ linger: soon }}\n"));
+        assert_eq!(got[0].path, "ingest.linger");
+        assert!(got[0].reason.contains("invalid duration"));
+        let got = problems(&format!(
+            "{MINIMAL}websocket: {{ slowClientPolicy: explode }}\n"
+        ));
+        assert_eq!(got[0].path, "websocket.slowClientPolicy");
+        assert!(got[0].reason.contains("unknown variant"));
+    }
+
+    #[test]
+    fn missing_required_keys_are_refused() {
+        let got = problems("stream: { namespace: a, name: b }\ntopic: t\n");
+        assert_eq!(got.len(), 1);
+        assert!(got[0].reason.contains("missing field `kafka`"), "{:?}", got);
+    }
+
+    #[test]
+    fn syntax_errors_are_refused_with_position() {
+        let got = problems("stream: [unclosed\n");
+        assert_eq!(got[0].path, "(document)");
+        assert!(got[0].reason.contains("line"), "{}", got[0].reason);
+    }
+
+    #[test]
+    fn dead_letter_topic_must_differ() {
+        let text = format!(
+            "{MINIMAL}sink: {{ table: t, deadLetterTopic: shop.clicks, consumerGroup: g }}\n"
+        );
+        assert_eq!(paths(&text), ["sink.deadLetterTopic"]);
+    }
+
+    #[test]
+    fn display_lists_every_problem() {
+        let err = DataplaneConfig::from_yaml(
+            "stream: { namespace: '', name: '' }\nkafka: { bootstrapServers: 'h:1' }\ntopic: t\n",
+        )
+        .expect_err("invalid");
+        let text = err.to_string();
+        assert!(
+            text.starts_with("invalid dataplane config (2 problems)"),
+            "{text}"
+        );
+        assert!(text.contains("stream.namespace: must not be empty"));
+        assert!(text.contains("stream.name: must not be empty"));
+    }
+
+    #[test]
+    fn name_checks() {
+        assert!(check_topic_name("a.b-c_D9").is_ok());
+        assert!(check_topic_name("..").is_err());
+        assert!(check_topic_name(&"x".repeat(250)).is_err());
+        assert!(check_table_name("events").is_ok());
+        assert!(check_table_name("analytics.events_2").is_ok());
+        assert!(check_table_name("Events").is_err());
+        assert!(check_table_name("a.b.c").is_err());
+        assert!(check_table_name("1abc").is_err());
+        assert!(check_bootstrap("a:1,b:2").is_ok());
+        assert!(check_bootstrap("a:0").is_err());
+        assert!(check_bootstrap("").is_err());
+    }
+}

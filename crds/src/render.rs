@@ -1,0 +1,259 @@
+//! Builds the dataplane config of an EventStream: a pure function of the resource and the
+//! operator's defaults. The operator writes its result into the stream's ConfigMap; the
+//! no-cluster end-to-end run uses the same function, so what it tests is what pods get.
+
+use std::net::SocketAddr;
+
+use crate::config::{
+    AuthConfig, DataplaneConfig, IngestConfig, KafkaConfig, ServerConfig, SinkConfig, StreamId,
+    WebSocketConfig,
+};
+use crate::duration;
+use crate::v1alpha1::{EventStream, SecurityProtocol};
+
+/// Where a mounted Kafka CA certificate is found inside dataplane pods.
+pub const KAFKA_CA_FILE: &str = "/etc/eventstream/kafka/ca.crt";
+
+/// What the operator adds to a spec: its defaults.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct RenderDefaults {
+    /// Bootstrap servers used when the spec has none.
+    pub kafka_bootstrap: Option<String>,
+    /// Address the dataplane's HTTP server listens on.
+    pub listen: SocketAddr,
+}
+
+impl Default for RenderDefaults {
+    fn default() -> Self {
+        Self {
+            kafka_bootstrap: None,
+            listen: SocketAddr::from(([0, 0, 0, 0], 8080)),
+        }
+    }
+}
+
+/// Why an EventStream cannot be turned into a dataplane config.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum RenderError {
+    /// Neither the spec nor the operator names a Kafka cluster.
+    #[error(
+        "no Kafka bootstrap servers: set spec.kafka.bootstrapServers or the operator's --kafka-bootstrap"
+    )]
+    NoBootstrap,
+    /// The resource has no namespace or name (it did not come from the API server).
+    #[error("the EventStream has no {0}")]
+    MissingMetadata(&'static str),
+    /// A duration the CRD pattern let through but that cannot be represented.
+    #[error("spec.{field}: {source}")]
+    Duration {
+        /// Field path.
+        field: &'static str,
+        /// The parse error.
+        source: duration::DurationError,
+    },
+    /// The rendered config fails validation (a rule the CRD schema cannot express).
+    #[error("{0}")]
+    Invalid(#[from] crate::config::ConfigError),
+}
+
+fn parse_duration(field: &'static str, text: &str) -> Result<std::time::Duration, RenderError> {
+    duration::parse(text).map_err(|source| RenderError::Duration { field, source })
+}
+
+/// The dataplane config for `stream`.
+pub fn dataplane_config(
+    stream: &EventStream,
+    defaults: &RenderDefaults,
+) -> Result<DataplaneConfig, RenderError> {
+    let namespace = stream
+        .metadata
+        .namespace
+        .clone()
+        .ok_or(RenderError::MissingMetadata("namespace"))?;
+    let name = stream
+        .metadata
+        .name
+        .clone()
+        .ok_or(RenderError::MissingMetadata("name"))?;
+    let spec = &stream.spec;
+    let bootstrap_servers = spec
+        .kafka
+        .bootstrap_servers
+        .clone()
+        .or_else(|| defaults.kafka_bootstrap.clone())
+        .ok_or(RenderError::NoBootstrap)?;
+    let tls = matches!(
+        spec.kafka.security_protocol,
+        SecurityProtocol::Ssl | SecurityProtocol::SaslSsl
+    );
+    let sasl = matches!(
+        spec.kafka.security_protocol,
+        SecurityProtocol::SaslPlaintext | SecurityProtocol::SaslSsl
+    );
+    let kafka = KafkaConfig {
+        bootstrap_servers,
+        security_protocol: spec.kafka.security_protocol,
+        sasl_mechanism: if sasl {
+            Some(
+                spec.kafka
+                    .sasl_mechanism
+                    .unwrap_or(crate::v1alpha1::SaslMechanism::ScramSha512),
+            )
+        } else {
+            None
+        },
+        ca_file: (tls && spec.kafka.secret_ref.is_some()).then(|| KAFKA_CA_FILE.to_string()),
+        properties: Default::default(),
+    };
+
+    let ingest = IngestConfig {
+        enabled: spec.ingest.enabled,
+        key_field: spec.ingest.key_field.clone(),
+        required_fields: spec.ingest.required_fields.clone(),
+        schema: spec.ingest.schema.clone(),
+        max_body_bytes: spec.ingest.max_body_bytes,
+        max_batch_bytes: spec.ingest.max_batch_bytes,
+        max_batch_items: spec.ingest.max_batch_items,
+        linger: parse_duration("ingest.linger", &spec.ingest.linger)?,
+        produce_timeout: parse_duration("ingest.produceTimeout", &spec.ingest.produce_timeout)?,
+        compression: spec.topic.compression,
+        enrich: spec.ingest.enrich.clone(),
+        cors_origins: spec.ingest.cors_origins.clone(),
+    };
+
+    let ws = &spec.websocket;
+    let websocket = WebSocketConfig {
+        enabled: ws.enabled,
+        channel: ws.channel.clone(),
+        start_from: ws.start_from,
+        replay_max_messages: ws.replay.max_messages,
+        snapshot: ws.snapshot,
+        queue_messages: ws.slow_client.queue_messages,
+        slow_client_policy: ws.slow_client.policy,
+        max_connections: ws.max_connections,
+        max_subscriptions_per_connection: ws.max_subscriptions_per_connection,
+        max_frame_bytes: ws.max_frame_bytes,
+        ping_interval: parse_duration("websocket.pingInterval", &ws.ping_interval)?,
+        idle_timeout: parse_duration("websocket.idleTimeout", &ws.idle_timeout)?,
+    };
+
+    let auth = spec.auth.as_ref().map(|a| AuthConfig {
+        algorithm: a.algorithm,
+        issuer: a.issuer.clone(),
+        audience: a.audience.clone(),
+        channels_claim: a.channels_claim.clone(),
+        publish_claim: a.publish_claim.clone(),
+        websocket: a.websocket,
+        ingest: a.ingest,
+    });
+
+    let sink = match &spec.persistence {
+        Some(p) => Some(SinkConfig {
+            table: p.postgres.table.clone(),
+            timescale: p.timescale,
+            max_rows: p.batch.max_rows,
+            max_delay: parse_duration("persistence.batch.maxDelay", &p.batch.max_delay)?,
+            payload: p.payload,
+            dead_letter_topic: stream.dead_letter_topic(),
+            consumer_group: stream.sink_group(),
+        }),
+        None => None,
+    };
+
+    let config = DataplaneConfig {
+        stream: StreamId { namespace, name },
+        kafka,
+        topic: stream.topic_name(),
+        server: ServerConfig {
+            listen: defaults.listen,
+            ..ServerConfig::default()
+        },
+        ingest,
+        websocket,
+        auth,
+        sink,
+    };
+    let problems = config.validate();
+    if problems.is_empty() {
+        Ok(config)
+    } else {
+        Err(crate::config::ConfigError { problems }.into())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::v1alpha1::EventStreamSpec;
+
+    fn stream(spec_yaml: &str) -> EventStream {
+        let spec: EventStreamSpec = serde_yaml::from_str(spec_yaml).expect("spec parses");
+        let mut es = EventStream::new("telemetry", spec);
+        es.metadata.namespace = Some("racing".into());
+        es
+    }
+
+    #[test]
+    fn defaults_fill_an_empty_spec() {
+        let es = stream("{}");
+        let defaults = RenderDefaults {
+            kafka_bootstrap: Some("kafka:9092".into()),
+            ..Default::default()
+        };
+        let config = dataplane_config(&es, &defaults).expect("renders");
+        assert_eq!(config.topic, "racing.telemetry");
+        assert_eq!(config.kafka.bootstrap_servers, "kafka:9092");
+        assert_eq!(config.stream.label(), "racing/telemetry");
+        assert!(config.sink.is_none());
+        assert_eq!(config.websocket, WebSocketConfig::default());
+        assert_eq!(config.ingest, IngestConfig::default());
+    }
+
+    #[test]
+    fn spec_values_reach_the_config() {
+        let es = stream(
+            r#"
+kafka: { bootstrapServers: "k:9093", securityProtocol: SASL_SSL, secretRef: { name: creds } }
+topic: { name: frames, partitions: 10, compression: lz4 }
+ingest: { keyField: /sessionId, requiredFields: [eventType], linger: 20ms }
+websocket: { channel: { field: /sessionId }, replay: { maxMessages: 50 }, slowClient: { policy: disconnect } }
+persistence:
+  postgres: { urlSecretRef: { name: db, key: url }, table: telemetry_frames }
+  batch: { maxRows: 500, maxDelay: 250ms }
+"#,
+        );
+        let config = dataplane_config(&es, &RenderDefaults::default()).expect("renders");
+        assert_eq!(config.topic, "frames");
+        assert_eq!(
+            config.kafka.sasl_mechanism,
+            Some(crate::v1alpha1::SaslMechanism::ScramSha512)
+        );
+        assert_eq!(config.kafka.ca_file.as_deref(), Some(KAFKA_CA_FILE));
+        assert_eq!(config.ingest.key_field.as_deref(), Some("/sessionId"));
+        assert_eq!(config.ingest.linger, std::time::Duration::from_millis(20));
+        assert_eq!(config.ingest.compression, crate::v1alpha1::Compression::Lz4);
+        assert_eq!(config.websocket.replay_max_messages, 50);
+        let sink = config.sink.expect("persistence set");
+        assert_eq!(sink.max_rows, 500);
+        assert_eq!(sink.dead_letter_topic, "frames.dlq");
+        assert_eq!(sink.consumer_group, "eventstream.racing.telemetry.sink");
+    }
+
+    #[test]
+    fn no_bootstrap_anywhere_is_an_error() {
+        let es = stream("{}");
+        assert_eq!(
+            dataplane_config(&es, &RenderDefaults::default()),
+            Err(RenderError::NoBootstrap)
+        );
+    }
+
+    #[test]
+    fn rules_the_crd_cannot_express_are_caught() {
+        let es = stream(
+            "kafka: { bootstrapServers: 'k:1' }\nwebsocket: { pingInterval: 1m, idleTimeout: 30s }",
+        );
+        let err = dataplane_config(&es, &RenderDefaults::default()).expect_err("invalid");
+        assert!(err.to_string().contains("websocket.idleTimeout"), "{err}");
+    }
+}

@@ -1,0 +1,85 @@
+//! `eventstream-dataplane`: the pods an EventStream runs.
+//!
+//! - `bridge --config FILE`: HTTP ingest into Kafka and Kafka fan-out to WebSocket/SSE clients.
+//! - `sink --config FILE`: Kafka into PostgreSQL, exactly once.
+//! - `check-config --config FILE`: validate a config and print every problem.
+//! - `standalone`: everything in one process with an embedded broker, for a laptop.
+
+use std::path::PathBuf;
+use std::process::ExitCode;
+
+use anyhow::{Context, Result};
+use clap::{Parser, Subcommand};
+use eventstream_crds::config::DataplaneConfig;
+
+#[derive(Parser, Debug)]
+#[command(
+    name = "eventstream-dataplane",
+    version,
+    about = "EventStream data plane: bridge, sink and standalone modes"
+)]
+struct Cli {
+    #[command(subcommand)]
+    mode: Mode,
+}
+
+#[derive(Subcommand, Debug)]
+enum Mode {
+    /// HTTP ingest into Kafka and Kafka → WebSocket/SSE fan-out for one stream.
+    Bridge {
+        /// Dataplane config (YAML), as the operator writes it into the stream's ConfigMap.
+        #[arg(long, env = "EVENTSTREAM_CONFIG")]
+        config: PathBuf,
+    },
+    /// Kafka → PostgreSQL, exactly once, for one stream.
+    Sink {
+        /// Dataplane config (YAML) with a `sink` section.
+        #[arg(long, env = "EVENTSTREAM_CONFIG")]
+        config: PathBuf,
+    },
+    /// Validate a dataplane config and list every problem in it.
+    CheckConfig {
+        /// Dataplane config (YAML).
+        #[arg(long)]
+        config: PathBuf,
+    },
+    /// Embedded broker, bridge and (optionally) sink in one process, for local use.
+    Standalone,
+}
+
+fn load(path: &PathBuf) -> Result<DataplaneConfig> {
+    let text = std::fs::read_to_string(path)
+        .with_context(|| format!("cannot read config file {}", path.display()))?;
+    DataplaneConfig::from_yaml(&text).with_context(|| format!("config file {}", path.display()))
+}
+
+fn main() -> ExitCode {
+    let cli = Cli::parse();
+    let result = match cli.mode {
+        Mode::CheckConfig { config } => load(&config).map(|c| {
+            println!(
+                "{}: valid config for stream {}",
+                config.display(),
+                c.stream.label()
+            );
+        }),
+        Mode::Bridge { config } => load(&config).and_then(|_| {
+            anyhow::bail!(
+                "bridge mode is not built yet (tracked in issue #3 and #4); the config is valid"
+            )
+        }),
+        Mode::Sink { config } => load(&config).and_then(|_| {
+            anyhow::bail!("sink mode is not built yet (tracked in issue #5); the config is valid")
+        }),
+        Mode::Standalone => Err(anyhow::anyhow!(
+            "standalone mode is not built yet (tracked in issue #9)"
+        )),
+    };
+    match result {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(e) => {
+            eprintln!("error: {e:#}");
+            ExitCode::FAILURE
+        }
+    }
+}
