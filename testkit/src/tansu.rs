@@ -1,0 +1,344 @@
+//! The tansu Kafka-compatible broker as a child process.
+//!
+//! [`TansuBroker::start`] runs
+//!
+//! ```text
+//! tansu broker --cluster-id eventstream-test \
+//!     --listener-url tcp://127.0.0.1:PORT \
+//!     --advertised-listener-url tcp://127.0.0.1:PORT \
+//!     --storage-engine memory://tansu/
+//! ```
+//!
+//! on a free port, with stdout and stderr in a log file of its own temp dir,
+//! and returns once the port accepts TCP and a librdkafka metadata request
+//! succeeds. Dropping the value kills (SIGKILL) and reaps the process and
+//! removes the temp dir.
+//!
+//! Storage is in memory, so a killed broker cannot be restarted with its
+//! data: [`TansuBroker::kill`] is for outage tests (clients see the broker
+//! vanish), and a test that needs a broker again starts a new one.
+//!
+//! The binary is `$TANSU_BIN`, else `$HOME/.cache/eventstream/tansu-0.6.0/bin/tansu`
+//! (where `./scripts/test` installs it), else `tansu` on `PATH`.
+//!
+//! Quirk: tansu answers every Fetch only after sleeping `fetch.wait.max.ms`
+//! (half of it when ≥ 250 ms), so consumers must set a small
+//! `fetch.wait.max.ms`; [`TansuBroker::consumer_config`] sets 5 ms.
+//!
+//! Quirk: tansu does not auto-create topics. Producing to an unknown topic
+//! waits until `message.timeout.ms` and fails with `MessageTimedOut`, and
+//! metadata answers `UNKNOWN_TOPIC_OR_PART`: create topics first with
+//! rdkafka's `AdminClient::create_topics` (which tansu supports, including
+//! `TopicAlreadyExists` on a second create).
+//!
+//! [`start`](TansuBroker::start) blocks (at most about a minute, normally
+//! well under a second): call it before spawning the code under test.
+
+use std::fs::File;
+use std::net::{SocketAddr, TcpStream};
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::time::{Duration, Instant};
+
+use rdkafka::ClientConfig;
+use rdkafka::consumer::{BaseConsumer, Consumer};
+
+use crate::HarnessError;
+use crate::process::{describe, find_in_path, is_executable, log_tail};
+
+/// The tansu version the project pins.
+pub const TANSU_VERSION: &str = "0.6.0";
+
+/// The cluster id passed to tansu.
+pub const CLUSTER_ID: &str = "eventstream-test";
+
+const START_ATTEMPTS: u32 = 5;
+const READY_TIMEOUT: Duration = Duration::from_secs(60);
+const LOG_TAIL_LINES: usize = 40;
+
+/// Environment variables tansu reads (as defaults of its flags, or for
+/// optional features) that must not leak from the test's environment.
+const TANSU_ENV: &[&str] = &[
+    "CLUSTER_ID",
+    "LISTENER_URL",
+    "ADVERTISED_LISTENER_URL",
+    "STORAGE_ENGINE",
+    "SCHEMA_REGISTRY",
+    "OTEL_EXPORTER_OTLP_ENDPOINT",
+    "DATA_LAKE",
+    "ICEBERG_CATALOG",
+    "ICEBERG_NAMESPACE",
+    "ICEBERG_WAREHOUSE",
+    "DELTA_DATABASE",
+];
+
+/// A running tansu broker; see the [module docs](self).
+#[derive(Debug)]
+pub struct TansuBroker {
+    child: Option<Child>,
+    port: u16,
+    log_path: PathBuf,
+    command_line: String,
+    /// Removed when dropped, after `Drop::drop` has killed the broker.
+    dir: tempfile::TempDir,
+}
+
+impl TansuBroker {
+    /// Finds the tansu binary: `$TANSU_BIN`, else
+    /// `$HOME/.cache/eventstream/tansu-0.6.0/bin/tansu`, else `tansu` on
+    /// `PATH`.
+    pub fn binary() -> Result<PathBuf, HarnessError> {
+        let hint = format!(
+            "run `./scripts/test` (which installs it) or \
+             `cargo install tansu --version {TANSU_VERSION} --features dynostore --locked \
+             --root $HOME/.cache/eventstream/tansu-{TANSU_VERSION}`"
+        );
+        if let Some(explicit) = std::env::var_os("TANSU_BIN") {
+            let path = PathBuf::from(explicit);
+            return if is_executable(&path) {
+                Ok(path)
+            } else {
+                Err(HarnessError::MissingBinary {
+                    binary: "tansu".to_owned(),
+                    searched: format!("$TANSU_BIN={}", path.display()),
+                    hint,
+                })
+            };
+        }
+        let cached = std::env::var_os("HOME").map(|home| {
+            PathBuf::from(home)
+                .join(".cache/eventstream")
+                .join(format!("tansu-{TANSU_VERSION}"))
+                .join("bin/tansu")
+        });
+        if let Some(cached) = cached.as_ref().filter(|p| is_executable(p)) {
+            return Ok(cached.clone());
+        }
+        find_in_path("tansu").ok_or_else(|| HarnessError::MissingBinary {
+            binary: "tansu".to_owned(),
+            searched: format!(
+                "$TANSU_BIN (unset), {}, PATH",
+                cached
+                    .map(|p| p.display().to_string())
+                    .unwrap_or_else(|| "$HOME/.cache/eventstream/... ($HOME unset)".to_owned())
+            ),
+            hint,
+        })
+    }
+
+    /// Starts a broker on a free port and waits until it serves metadata.
+    /// Retries on a fresh port when the chosen one was taken meanwhile.
+    pub fn start() -> Result<Self, HarnessError> {
+        let binary = Self::binary()?;
+        let dir = tempfile::Builder::new()
+            .prefix("eventstream-tansu-")
+            .tempdir()
+            .map_err(|e| HarnessError::io("creating the tansu temp dir", e))?;
+        let mut broker = TansuBroker {
+            child: None,
+            port: 0,
+            log_path: dir.path().join("tansu.log"),
+            command_line: String::new(),
+            dir,
+        };
+
+        let mut last_reason = String::new();
+        for attempt in 1..=START_ATTEMPTS {
+            broker.port = crate::free_port()?;
+            broker.spawn(&binary)?;
+            match broker.wait_ready() {
+                Ok(()) => return Ok(broker),
+                Err(Failure::PortClash(reason)) if attempt < START_ATTEMPTS => {
+                    last_reason = reason;
+                    broker.reap();
+                }
+                Err(Failure::PortClash(reason) | Failure::Fatal(reason)) => {
+                    last_reason = reason;
+                    break;
+                }
+            }
+        }
+        let err = HarnessError::StartFailed {
+            server: "tansu",
+            attempts: START_ATTEMPTS,
+            reason: format!("{last_reason} (command: {})", broker.command_line),
+            log: broker.log_path.clone(),
+            log_tail: broker.log_tail(LOG_TAIL_LINES),
+        };
+        broker.reap();
+        Err(err)
+    }
+
+    fn spawn(&mut self, binary: &Path) -> Result<(), HarnessError> {
+        let log = File::create(&self.log_path)
+            .map_err(|e| HarnessError::io(format!("creating {}", self.log_path.display()), e))?;
+        let log_err = log
+            .try_clone()
+            .map_err(|e| HarnessError::io("duplicating the tansu log handle", e))?;
+        let url = format!("tcp://127.0.0.1:{}", self.port);
+        let mut cmd = Command::new(binary);
+        cmd.arg("broker")
+            .args(["--cluster-id", CLUSTER_ID])
+            .args(["--listener-url", &url])
+            .args(["--advertised-listener-url", &url])
+            .args(["--storage-engine", "memory://tansu/"])
+            .current_dir(self.dir.path())
+            .stdin(Stdio::null())
+            .stdout(Stdio::from(log))
+            .stderr(Stdio::from(log_err));
+        for var in TANSU_ENV {
+            cmd.env_remove(var);
+        }
+        // tansu logs through tracing's env filter; `TANSU_LOG` overrides.
+        let filter = std::env::var("TANSU_LOG").unwrap_or_else(|_| "warn".to_owned());
+        cmd.env("RUST_LOG", filter).env("NO_COLOR", "1");
+        self.command_line = describe(&cmd);
+        let child = cmd
+            .spawn()
+            .map_err(|e| HarnessError::io(format!("spawning `{}`", self.command_line), e))?;
+        self.child = Some(child);
+        Ok(())
+    }
+
+    fn wait_ready(&mut self) -> Result<(), Failure> {
+        let started = Instant::now();
+        let addr = SocketAddr::from(([127, 0, 0, 1], self.port));
+        let mut metadata_problem = String::from("port not open yet");
+        while started.elapsed() < READY_TIMEOUT {
+            self.check_alive()?;
+            if TcpStream::connect_timeout(&addr, Duration::from_millis(250)).is_ok() {
+                match self.fetch_metadata(Duration::from_secs(3)) {
+                    Ok(()) => {
+                        // A clash with another server on the same port would
+                        // answer for us: make sure ours is the one alive.
+                        self.check_alive()?;
+                        return Ok(());
+                    }
+                    Err(problem) => metadata_problem = problem,
+                }
+            }
+            std::thread::sleep(Duration::from_millis(100));
+        }
+        Err(Failure::Fatal(format!(
+            "not ready after {READY_TIMEOUT:?}: {metadata_problem}"
+        )))
+    }
+
+    fn check_alive(&mut self) -> Result<(), Failure> {
+        let Some(child) = self.child.as_mut() else {
+            return Err(Failure::Fatal("no process".to_owned()));
+        };
+        match child.try_wait() {
+            Ok(None) => Ok(()),
+            Ok(Some(status)) => {
+                let log = std::fs::read_to_string(&self.log_path).unwrap_or_default();
+                let reason = format!("tansu exited with {status}");
+                if log.contains("Address already in use") || log.contains("AddrInUse") {
+                    Err(Failure::PortClash(reason))
+                } else {
+                    Err(Failure::Fatal(reason))
+                }
+            }
+            Err(e) => Err(Failure::Fatal(format!("waiting on tansu: {e}"))),
+        }
+    }
+
+    fn fetch_metadata(&self, timeout: Duration) -> Result<(), String> {
+        let consumer: BaseConsumer = self
+            .client_config()
+            .create()
+            .map_err(|e| format!("creating a metadata client: {e}"))?;
+        let metadata = consumer
+            .fetch_metadata(None, timeout)
+            .map_err(|e| format!("metadata request failed: {e}"))?;
+        if metadata.brokers().is_empty() {
+            return Err("metadata lists no broker".to_owned());
+        }
+        Ok(())
+    }
+
+    /// `127.0.0.1:PORT`, for `bootstrap.servers`.
+    pub fn bootstrap(&self) -> String {
+        format!("127.0.0.1:{}", self.port)
+    }
+
+    /// The broker's port.
+    pub fn port(&self) -> u16 {
+        self.port
+    }
+
+    /// The exact command line the broker was started with.
+    pub fn command_line(&self) -> &str {
+        &self.command_line
+    }
+
+    /// The broker's stdout+stderr log file.
+    pub fn log_path(&self) -> &Path {
+        &self.log_path
+    }
+
+    /// The last `lines` lines of the broker log.
+    pub fn log_tail(&self, lines: usize) -> String {
+        log_tail(&self.log_path, lines)
+    }
+
+    /// `bootstrap.servers` only (admin clients, custom configs).
+    pub fn client_config(&self) -> ClientConfig {
+        crate::kafka::client_config(&self.bootstrap())
+    }
+
+    /// See [`kafka::producer_config`](crate::kafka::producer_config).
+    pub fn producer_config(&self) -> ClientConfig {
+        crate::kafka::producer_config(&self.bootstrap())
+    }
+
+    /// Consumer settings for this broker, with `fetch.wait.max.ms=5` (see
+    /// the module docs); see [`kafka::consumer_config`](crate::kafka::consumer_config).
+    pub fn consumer_config(&self, group: Option<&str>) -> ClientConfig {
+        crate::kafka::consumer_config(&self.bootstrap(), group)
+    }
+
+    /// Whether the broker process is still alive.
+    pub fn is_running(&mut self) -> bool {
+        self.child
+            .as_mut()
+            .is_some_and(|child| matches!(child.try_wait(), Ok(None)))
+    }
+
+    /// Kills the broker with SIGKILL and reaps it (outage tests). Its
+    /// in-memory data is gone; there is no restart.
+    pub fn kill(&mut self) -> Result<(), HarnessError> {
+        let Some(mut child) = self.child.take() else {
+            return Ok(());
+        };
+        if let Ok(Some(_)) = child.try_wait() {
+            return Ok(());
+        }
+        child
+            .kill()
+            .map_err(|e| HarnessError::io("killing tansu", e))?;
+        child
+            .wait()
+            .map_err(|e| HarnessError::io("reaping tansu", e))?;
+        Ok(())
+    }
+
+    fn reap(&mut self) {
+        if let Some(mut child) = self.child.take() {
+            let _ = child.kill();
+            let _ = child.wait();
+        }
+    }
+}
+
+impl Drop for TansuBroker {
+    fn drop(&mut self) {
+        self.reap();
+    }
+}
+
+enum Failure {
+    /// The port was taken between probe and bind: try another.
+    PortClash(String),
+    Fatal(String),
+}
