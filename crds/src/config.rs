@@ -626,7 +626,7 @@ fn default_max_batch_items() -> u32 {
     1000
 }
 fn default_linger() -> Duration {
-    Duration::from_millis(5)
+    Duration::from_millis(1)
 }
 fn default_produce_timeout() -> Duration {
     Duration::from_secs(10)
@@ -659,10 +659,10 @@ fn default_publish_claim() -> String {
     "publish".into()
 }
 fn default_batch_rows() -> u32 {
-    100
+    5000
 }
 fn default_batch_delay() -> Duration {
-    Duration::from_secs(5)
+    Duration::from_secs(1)
 }
 
 #[cfg(test)]

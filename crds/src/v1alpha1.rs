@@ -722,7 +722,7 @@ fn default_max_batch_items() -> u32 {
     1000
 }
 fn default_linger() -> String {
-    "5ms".into()
+    "1ms".into()
 }
 fn default_produce_timeout() -> String {
     "10s".into()
@@ -755,10 +755,10 @@ fn default_publish_claim() -> String {
     "publish".into()
 }
 fn default_batch_rows() -> u32 {
-    100
+    5000
 }
 fn default_batch_delay() -> String {
-    "5s".into()
+    "1s".into()
 }
 fn default_replicas() -> i32 {
     1

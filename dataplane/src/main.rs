@@ -11,6 +11,7 @@ use std::process::ExitCode;
 use anyhow::{Context, Result};
 use clap::{Parser, Subcommand};
 use eventstream_crds::config::DataplaneConfig;
+use eventstream_dataplane::{bridge, server, sink, telemetry};
 
 #[derive(Parser, Debug)]
 #[command(
@@ -53,6 +54,29 @@ fn load(path: &PathBuf) -> Result<DataplaneConfig> {
     DataplaneConfig::from_yaml(&text).with_context(|| format!("config file {}", path.display()))
 }
 
+fn runtime() -> Result<tokio::runtime::Runtime> {
+    tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()
+        .context("cannot start the async runtime")
+}
+
+fn run_bridge(config: DataplaneConfig) -> Result<()> {
+    telemetry::init_logging();
+    runtime()?.block_on(async move {
+        let shutdown = server::shutdown_on_signal();
+        bridge::run(config, prometheus::Registry::new(), shutdown).await
+    })
+}
+
+fn run_sink(config: DataplaneConfig) -> Result<()> {
+    telemetry::init_logging();
+    runtime()?.block_on(async move {
+        let shutdown = server::shutdown_on_signal();
+        sink::run(config, prometheus::Registry::new(), shutdown).await
+    })
+}
+
 fn main() -> ExitCode {
     let cli = Cli::parse();
     let result = match cli.mode {
@@ -63,14 +87,8 @@ fn main() -> ExitCode {
                 c.stream.label()
             );
         }),
-        Mode::Bridge { config } => load(&config).and_then(|_| {
-            anyhow::bail!(
-                "bridge mode is not built yet (tracked in issue #3 and #4); the config is valid"
-            )
-        }),
-        Mode::Sink { config } => load(&config).and_then(|_| {
-            anyhow::bail!("sink mode is not built yet (tracked in issue #5); the config is valid")
-        }),
+        Mode::Bridge { config } => load(&config).and_then(run_bridge),
+        Mode::Sink { config } => load(&config).and_then(run_sink),
         Mode::Standalone => Err(anyhow::anyhow!(
             "standalone mode is not built yet (tracked in issue #9)"
         )),

@@ -1,0 +1,19 @@
+//! The EventStream data plane as a library: the `eventstream-dataplane` binary is a thin CLI over
+//! it, and integration tests and benchmarks drive the same code.
+//!
+//! Modules own one job each:
+//! - [`kafka`]: librdkafka client settings from the dataplane config (and secrets from the env).
+//! - [`telemetry`]: logging and the Prometheus registry.
+//! - [`server`]: the HTTP server skeleton: health, readiness, metrics, graceful shutdown.
+//! - [`relay`]: Kafka → WebSocket/SSE fan-out with lossless resume.
+//! - [`sink`]: Kafka → PostgreSQL, exactly once.
+#![deny(missing_docs)]
+
+pub mod auth;
+pub mod bridge;
+pub mod ingest;
+pub mod kafka;
+pub mod relay;
+pub mod server;
+pub mod sink;
+pub mod telemetry;

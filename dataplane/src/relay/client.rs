@@ -1,0 +1,496 @@
+//! One subscriber's bounded outbound queue, shared by the hub (which offers records without ever
+//! waiting) and the connection task (which drains it into the socket).
+//!
+//! The queue holds at most `capacity` events; control frames (`subscribed`, `error`, `pong`)
+//! are never dropped but are bounded separately so a client that floods requests without
+//! reading is closed. When events overflow, the policy applies: `dropOldest` drops the oldest
+//! queued events and remembers, per subscription and partition, the range dropped so that the
+//! writer sends a `gap` naming it; `disconnect` marks the client closed (close code 4008).
+//!
+//! While a subscription replays history from Kafka it is *pending*: live records for it are
+//! held in a per-subscription buffer (bounded the same way) and queued after the replay, so the
+//! client sees history, then `subscribed`, then live records, in offset order.
+
+use std::collections::{HashMap, VecDeque};
+use std::sync::Arc;
+
+use eventstream_crds::v1alpha1::SlowClientPolicy;
+use parking_lot::Mutex;
+use tokio::sync::Notify;
+
+use super::protocol::Positions;
+use super::record::{Encoding, Record, WireFrame};
+
+/// Most control frames queued before the client is considered not reading.
+pub const MAX_CONTROL_FRAMES: usize = 256;
+
+/// Why a client was closed by the queue.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Closed {
+    /// Events overflowed with policy `disconnect`.
+    SlowClient,
+    /// Too many unread control frames.
+    NotReading,
+}
+
+/// An item ready for the socket.
+#[derive(Debug, Clone)]
+pub enum Outbound {
+    /// An event of subscription `subscription`.
+    Event {
+        /// The subscription (channel or `*`).
+        subscription: Arc<str>,
+        /// Partition of the record.
+        partition: i32,
+        /// Offset of the record.
+        offset: i64,
+        /// Kafka timestamp, for the latency histogram.
+        timestamp_ms: Option<i64>,
+        /// The shared encoded frame.
+        frame: WireFrame,
+    },
+    /// A control frame.
+    Control(WireFrame),
+    /// Missed range of a subscription (from the drop policy).
+    Gap {
+        /// The subscription.
+        subscription: Arc<str>,
+        /// First dropped offset per partition.
+        from: Positions,
+        /// One past the last dropped offset per partition.
+        to: Positions,
+    },
+}
+
+#[derive(Default)]
+struct Subscription {
+    /// Live records held while the subscription replays.
+    pending: Option<VecDeque<Arc<Record>>>,
+    /// Per partition, the last offset the client has already seen (from `since`): records at
+    /// or below it are not delivered again (another replica may have delivered them).
+    floor: Positions,
+}
+
+#[derive(Default)]
+struct State {
+    items: VecDeque<Outbound>,
+    events: usize,
+    controls: usize,
+    /// Dropped ranges not yet reported, per subscription: (from, to).
+    gaps: HashMap<Arc<str>, (Positions, Positions)>,
+    subs: HashMap<Arc<str>, Subscription>,
+    closed: Option<Closed>,
+    dropped: u64,
+}
+
+/// What [`Client::drain`] returns.
+pub struct Drained {
+    /// Items in the order they must be written (gaps first).
+    pub items: Vec<Outbound>,
+    /// Set when the client must be closed after writing.
+    pub closed: Option<Closed>,
+    /// Events dropped since the previous drain.
+    pub dropped: u64,
+}
+
+/// One connection's queue.
+pub struct Client {
+    /// Unique id within the process.
+    pub id: u64,
+    /// Wire encoding of this client.
+    pub encoding: Encoding,
+    capacity: usize,
+    policy: SlowClientPolicy,
+    state: Mutex<State>,
+    /// Woken whenever something is queued or the client is closed.
+    pub notify: Notify,
+    /// Woken when events leave the queue (replay waits on it for space).
+    space: Notify,
+    /// Counts dropped events as they are dropped (the writer may be blocked on the socket).
+    drop_counter: Option<prometheus::IntCounter>,
+}
+
+impl Client {
+    /// A client with an event queue of `capacity`.
+    pub fn new(id: u64, encoding: Encoding, capacity: usize, policy: SlowClientPolicy) -> Self {
+        Self {
+            id,
+            encoding,
+            capacity: capacity.max(1),
+            policy,
+            state: Mutex::new(State::default()),
+            notify: Notify::new(),
+            space: Notify::new(),
+            drop_counter: None,
+        }
+    }
+
+    /// Counts every dropped event in `counter` at the moment it is dropped.
+    pub fn with_drop_counter(mut self, counter: prometheus::IntCounter) -> Self {
+        self.drop_counter = Some(counter);
+        self
+    }
+
+    /// Registers a subscription; with `pending`, live records are held until
+    /// [`finish_replay`](Self::finish_replay). `floor` is the client's `since`.
+    pub fn add_subscription(&self, name: Arc<str>, pending: bool, floor: Positions) {
+        let mut st = self.state.lock();
+        st.subs.insert(
+            name,
+            Subscription {
+                pending: pending.then(VecDeque::new),
+                floor,
+            },
+        );
+    }
+
+    /// Forgets a subscription and anything queued for it that is not yet written.
+    pub fn remove_subscription(&self, name: &str) {
+        let mut st = self.state.lock();
+        st.subs.remove(name);
+        st.gaps.remove(name);
+        let before = st.items.len();
+        st.items.retain(|item| match item {
+            Outbound::Event { subscription, .. } => &**subscription != name,
+            _ => true,
+        });
+        let removed = before - st.items.len();
+        st.events -= removed;
+        if removed > 0 {
+            self.space.notify_waiters();
+        }
+    }
+
+    /// Offers a live record to subscription `name`. Never waits.
+    pub fn offer(&self, name: &Arc<str>, record: &Arc<Record>) {
+        let mut st = self.state.lock();
+        if st.closed.is_some() {
+            return;
+        }
+        let Some(sub) = st.subs.get_mut(name) else {
+            return;
+        };
+        if sub
+            .floor
+            .get(&record.partition)
+            .is_some_and(|seen| record.offset <= *seen)
+        {
+            return;
+        }
+        if let Some(pending) = &mut sub.pending {
+            pending.push_back(record.clone());
+            if pending.len() > self.capacity {
+                let dropped = pending.pop_front();
+                if let Some(dropped) = dropped {
+                    self.overflow(&mut st, name, dropped.partition, dropped.offset);
+                }
+            }
+            return;
+        }
+        let item = Outbound::Event {
+            subscription: name.clone(),
+            partition: record.partition,
+            offset: record.offset,
+            timestamp_ms: record.timestamp_ms,
+            frame: record.frame(name, self.encoding),
+        };
+        self.push_event(&mut st, item);
+        drop(st);
+        self.notify.notify_one();
+    }
+
+    fn push_event(&self, st: &mut State, item: Outbound) {
+        st.items.push_back(item);
+        st.events += 1;
+        if st.events > self.capacity {
+            // Drop the oldest queued event.
+            if let Some(pos) = st
+                .items
+                .iter()
+                .position(|i| matches!(i, Outbound::Event { .. }))
+                && let Some(Outbound::Event {
+                    subscription,
+                    partition,
+                    offset,
+                    ..
+                }) = st.items.remove(pos)
+            {
+                st.events -= 1;
+                self.overflow(st, &subscription, partition, offset);
+            }
+        }
+    }
+
+    /// Applies the slow-client policy to one dropped event.
+    fn overflow(&self, st: &mut State, name: &Arc<str>, partition: i32, offset: i64) {
+        st.dropped += 1;
+        if let Some(counter) = &self.drop_counter {
+            counter.inc();
+        }
+        match self.policy {
+            SlowClientPolicy::DropOldest => {
+                let (from, to) = st.gaps.entry(name.clone()).or_default();
+                let f = from.entry(partition).or_insert(offset);
+                *f = (*f).min(offset);
+                let t = to.entry(partition).or_insert(offset + 1);
+                *t = (*t).max(offset + 1);
+            }
+            SlowClientPolicy::Disconnect => {
+                st.closed = Some(Closed::SlowClient);
+                st.items.clear();
+                st.events = 0;
+                st.controls = 0;
+                self.space.notify_waiters();
+            }
+        }
+    }
+
+    /// Queues a control frame (never dropped; too many unread closes the client).
+    pub fn control(&self, frame: WireFrame) {
+        let mut st = self.state.lock();
+        if st.closed.is_some() {
+            return;
+        }
+        st.items.push_back(Outbound::Control(frame));
+        st.controls += 1;
+        if st.controls > MAX_CONTROL_FRAMES {
+            st.closed = Some(Closed::NotReading);
+        }
+        drop(st);
+        self.notify.notify_one();
+    }
+
+    /// Queues a replayed record for a pending subscription, waiting while the queue is full.
+    /// Returns `false` when the client is closed or the subscription is gone.
+    pub async fn replay(&self, name: &Arc<str>, record: &Record) -> bool {
+        loop {
+            let space = self.space.notified();
+            {
+                let mut st = self.state.lock();
+                if st.closed.is_some() || !st.subs.contains_key(name) {
+                    return false;
+                }
+                if st.events < self.capacity {
+                    if st
+                        .subs
+                        .get(name)
+                        .and_then(|s| s.floor.get(&record.partition))
+                        .is_some_and(|seen| record.offset <= *seen)
+                    {
+                        return true;
+                    }
+                    st.items.push_back(Outbound::Event {
+                        subscription: name.clone(),
+                        partition: record.partition,
+                        offset: record.offset,
+                        timestamp_ms: record.timestamp_ms,
+                        frame: record.frame(name, self.encoding),
+                    });
+                    st.events += 1;
+                    drop(st);
+                    self.notify.notify_one();
+                    return true;
+                }
+            }
+            self.notify.notify_one();
+            space.await;
+        }
+    }
+
+    /// Ends the replay of `name`: queues `subscribed` (and anything in `before`, e.g. a gap),
+    /// then the live records held meanwhile, and makes the subscription live.
+    pub fn finish_replay(&self, name: &Arc<str>, subscribed: WireFrame) {
+        let mut st = self.state.lock();
+        if st.closed.is_some() {
+            return;
+        }
+        let held = match st.subs.get_mut(name) {
+            Some(sub) => sub.pending.take().unwrap_or_default(),
+            None => return,
+        };
+        st.items.push_back(Outbound::Control(subscribed));
+        st.controls += 1;
+        for record in held {
+            let item = Outbound::Event {
+                subscription: name.clone(),
+                partition: record.partition,
+                offset: record.offset,
+                timestamp_ms: record.timestamp_ms,
+                frame: record.frame(name, self.encoding),
+            };
+            self.push_event(&mut st, item);
+        }
+        drop(st);
+        self.notify.notify_one();
+    }
+
+    /// Takes everything queued, gaps first.
+    pub fn drain(&self) -> Drained {
+        let mut st = self.state.lock();
+        let mut items = Vec::with_capacity(st.items.len() + st.gaps.len());
+        for (subscription, (from, to)) in st.gaps.drain() {
+            items.push(Outbound::Gap {
+                subscription,
+                from,
+                to,
+            });
+        }
+        items.extend(st.items.drain(..));
+        let had_events = st.events > 0;
+        st.events = 0;
+        st.controls = 0;
+        let dropped = std::mem::take(&mut st.dropped);
+        let closed = st.closed;
+        drop(st);
+        if had_events {
+            self.space.notify_waiters();
+        }
+        Drained {
+            items,
+            closed,
+            dropped,
+        }
+    }
+
+    /// Whether the queue closed the client.
+    pub fn closed(&self) -> Option<Closed> {
+        self.state.lock().closed
+    }
+
+    /// Names of the current subscriptions.
+    pub fn subscriptions(&self) -> Vec<Arc<str>> {
+        self.state.lock().subs.keys().cloned().collect()
+    }
+
+    /// Number of current subscriptions.
+    pub fn subscription_count(&self) -> usize {
+        self.state.lock().subs.len()
+    }
+
+    /// Whether `name` is subscribed.
+    pub fn is_subscribed(&self, name: &str) -> bool {
+        self.state.lock().subs.contains_key(name)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::relay::record::PayloadKind;
+    use bytes::Bytes;
+
+    fn rec(partition: i32, offset: i64) -> Arc<Record> {
+        Arc::new(Record::new(
+            partition,
+            offset,
+            None,
+            None,
+            Bytes::from_static(b"{}"),
+            vec![],
+            Some("c".into()),
+            PayloadKind::Json,
+        ))
+    }
+
+    fn offsets(items: &[Outbound]) -> Vec<i64> {
+        items
+            .iter()
+            .filter_map(|i| match i {
+                Outbound::Event { offset, .. } => Some(*offset),
+                _ => None,
+            })
+            .collect()
+    }
+
+    #[test]
+    fn drop_oldest_keeps_the_newest_and_reports_the_gap() {
+        let c = Client::new(1, Encoding::Json, 3, SlowClientPolicy::DropOldest);
+        let name: Arc<str> = "c".into();
+        c.add_subscription(name.clone(), false, Positions::new());
+        for o in 0..10 {
+            c.offer(&name, &rec(0, o));
+        }
+        let d = c.drain();
+        assert_eq!(offsets(&d.items), [7, 8, 9]);
+        assert_eq!(d.dropped, 7);
+        let Outbound::Gap { from, to, .. } = &d.items[0] else {
+            panic!("gap first")
+        };
+        assert_eq!((from[&0], to[&0]), (0, 7));
+        assert!(d.closed.is_none());
+    }
+
+    #[test]
+    fn disconnect_policy_closes_and_frees_the_queue() {
+        let c = Client::new(1, Encoding::Json, 2, SlowClientPolicy::Disconnect);
+        let name: Arc<str> = "c".into();
+        c.add_subscription(name.clone(), false, Positions::new());
+        for o in 0..3 {
+            c.offer(&name, &rec(0, o));
+        }
+        let d = c.drain();
+        assert_eq!(d.closed, Some(Closed::SlowClient));
+        assert!(d.items.is_empty());
+    }
+
+    #[test]
+    fn floor_skips_what_the_client_has_seen() {
+        let c = Client::new(1, Encoding::Json, 10, SlowClientPolicy::DropOldest);
+        let name: Arc<str> = "c".into();
+        c.add_subscription(name.clone(), false, [(0, 5)].into());
+        for o in 3..8 {
+            c.offer(&name, &rec(0, o));
+        }
+        c.offer(&name, &rec(1, 0));
+        assert_eq!(offsets(&c.drain().items), [6, 7, 0]);
+    }
+
+    #[test]
+    fn pending_subscriptions_hold_live_records_until_replay_ends() {
+        let c = Client::new(1, Encoding::Json, 10, SlowClientPolicy::DropOldest);
+        let name: Arc<str> = "c".into();
+        c.add_subscription(name.clone(), true, Positions::new());
+        c.offer(&name, &rec(0, 10));
+        c.offer(&name, &rec(0, 11));
+        assert!(c.drain().items.is_empty());
+        let rt = tokio::runtime::Builder::new_current_thread()
+            .build()
+            .expect("runtime");
+        rt.block_on(async {
+            assert!(c.replay(&name, &rec(0, 8)).await);
+            assert!(c.replay(&name, &rec(0, 9)).await);
+        });
+        c.finish_replay(&name, WireFrame::Text("subscribed".into()));
+        c.offer(&name, &rec(0, 12));
+        let items = c.drain().items;
+        assert_eq!(offsets(&items), [8, 9, 10, 11, 12]);
+        assert!(
+            matches!(&items[2], Outbound::Control(_)),
+            "subscribed after replay"
+        );
+    }
+
+    #[test]
+    fn unread_control_frames_close_the_client() {
+        let c = Client::new(1, Encoding::Json, 10, SlowClientPolicy::DropOldest);
+        for _ in 0..=MAX_CONTROL_FRAMES {
+            c.control(WireFrame::Text("pong".into()));
+        }
+        assert_eq!(c.closed(), Some(Closed::NotReading));
+    }
+
+    #[test]
+    fn unsubscribe_discards_queued_events() {
+        let c = Client::new(1, Encoding::Json, 10, SlowClientPolicy::DropOldest);
+        let a: Arc<str> = "a".into();
+        let b: Arc<str> = "b".into();
+        c.add_subscription(a.clone(), false, Positions::new());
+        c.add_subscription(b.clone(), false, Positions::new());
+        c.offer(&a, &rec(0, 1));
+        c.offer(&b, &rec(0, 1));
+        c.remove_subscription("a");
+        c.offer(&a, &rec(0, 2));
+        let items = c.drain().items;
+        assert_eq!(items.len(), 1);
+    }
+}

@@ -1,0 +1,351 @@
+//! The hub: which clients are subscribed to which channels, and the delivery of every consumed
+//! record to them. Subscriptions are sharded by a hash of the channel (as Centrifugo does), with
+//! `*` in its own shard, so there is no global lock on the hot path; the hub only ever *offers*
+//! records to client queues and never waits on a client.
+//!
+//! Each shard also keeps, per partition, the next offset of the records it has published. A
+//! subscription registered under the shard lock reads those positions atomically with
+//! registration: every record of its channel below them has been published already (so a resume
+//! replays up to them from Kafka), every record at or above them will be offered live. That is
+//! the whole no-gap/no-duplicate argument.
+
+use std::collections::HashMap;
+use std::hash::BuildHasher;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicUsize, Ordering};
+
+use parking_lot::{Mutex, RwLock};
+
+use super::channel::ALL;
+use super::client::Client;
+use super::protocol::{self, Positions};
+use super::record::Record;
+
+/// Number of channel shards.
+pub const SHARDS: usize = 64;
+
+#[derive(Default)]
+struct Subscribers {
+    list: Vec<Arc<Client>>,
+    index: HashMap<u64, usize>,
+}
+
+impl Subscribers {
+    fn insert(&mut self, client: Arc<Client>) -> bool {
+        if self.index.contains_key(&client.id) {
+            return false;
+        }
+        self.index.insert(client.id, self.list.len());
+        self.list.push(client);
+        true
+    }
+
+    fn remove(&mut self, id: u64) -> bool {
+        let Some(i) = self.index.remove(&id) else {
+            return false;
+        };
+        self.list.swap_remove(i);
+        if let Some(moved) = self.list.get(i) {
+            self.index.insert(moved.id, i);
+        }
+        true
+    }
+}
+
+#[derive(Default)]
+struct Shard {
+    subs: HashMap<Arc<str>, Subscribers>,
+    /// Next offset per partition among the records this shard has published.
+    positions: Positions,
+    /// Last record per channel (snapshot).
+    last: HashMap<Arc<str>, Arc<Record>>,
+}
+
+/// What a subscription sees at registration.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Registered {
+    /// Per partition, the first offset that will be offered live.
+    pub positions: Positions,
+}
+
+/// Subscriptions and delivery.
+pub struct Hub {
+    shards: Box<[Mutex<Shard>]>,
+    star: Mutex<Shard>,
+    snapshot: bool,
+    hasher: std::collections::hash_map::RandomState,
+    partitions: RwLock<Positions>,
+    subscriptions: AtomicUsize,
+}
+
+impl Hub {
+    /// An empty hub; with `snapshot`, the last record of every channel is kept and sent first
+    /// to new subscribers.
+    pub fn new(snapshot: bool) -> Self {
+        Self {
+            shards: (0..SHARDS).map(|_| Mutex::new(Shard::default())).collect(),
+            star: Mutex::new(Shard::default()),
+            snapshot,
+            hasher: Default::default(),
+            partitions: RwLock::new(Positions::new()),
+            subscriptions: AtomicUsize::new(0),
+        }
+    }
+
+    fn shard(&self, channel: &str) -> &Mutex<Shard> {
+        if channel == ALL {
+            return &self.star;
+        }
+        &self.shards[(self.hasher.hash_one(channel) as usize) % SHARDS]
+    }
+
+    /// Adds partitions starting at the given next offsets (the consumer's start positions).
+    /// Partitions already known keep their positions.
+    pub fn add_partitions(&self, start: &Positions) {
+        {
+            let mut known = self.partitions.write();
+            for (p, o) in start {
+                known.entry(*p).or_insert(*o);
+            }
+        }
+        for shard in self.shards.iter().chain(std::iter::once(&self.star)) {
+            let mut shard = shard.lock();
+            for (p, o) in start {
+                shard.positions.entry(*p).or_insert(*o);
+            }
+        }
+    }
+
+    /// Partitions the hub serves, with the offset it started from.
+    pub fn partitions(&self) -> Positions {
+        self.partitions.read().clone()
+    }
+
+    /// Offers `record` to the subscribers of its channel and of `*`.
+    pub fn publish(&self, record: &Arc<Record>) {
+        if let Some(channel) = &record.channel {
+            let mut shard = self.shard(channel).lock();
+            if let Some(subs) = shard.subs.get(&**channel) {
+                for client in &subs.list {
+                    client.offer(channel, record);
+                }
+            }
+            shard.positions.insert(record.partition, record.offset + 1);
+            if self.snapshot {
+                shard.last.insert(channel.clone(), record.clone());
+            }
+        }
+        let mut star = self.star.lock();
+        if let Some(subs) = star.subs.get(ALL) {
+            let name: Arc<str> = ALL.into();
+            for client in &subs.list {
+                client.offer(&name, record);
+            }
+        }
+        star.positions.insert(record.partition, record.offset + 1);
+    }
+
+    /// Registers `client` on `name`. With `replaying`, live records are held by the client until
+    /// its replay ends; without, the snapshot (if enabled) and `subscribed` are queued now, inside
+    /// the shard lock, so they precede every live record.
+    pub fn subscribe(
+        &self,
+        client: &Arc<Client>,
+        name: &Arc<str>,
+        replaying: bool,
+        floor: Positions,
+    ) -> Option<Registered> {
+        let mut shard = self.shard(name).lock();
+        let subs = shard.subs.entry(name.clone()).or_default();
+        if !subs.insert(client.clone()) {
+            return None;
+        }
+        self.subscriptions.fetch_add(1, Ordering::Relaxed);
+        let fresh = floor.is_empty();
+        client.add_subscription(name.clone(), replaying, floor);
+        let positions = shard.positions.clone();
+        if !replaying {
+            if fresh && let Some(last) = shard.last.get(&**name) {
+                // The snapshot record is below `positions`, so it never repeats a live one.
+                client.control(last.frame(name, client.encoding));
+            }
+            client.control(protocol::subscribed(client.encoding, name, &positions));
+        }
+        Some(Registered { positions })
+    }
+
+    /// Removes `client` from `name`.
+    pub fn unsubscribe(&self, client: &Client, name: &str) -> bool {
+        let mut shard = self.shard(name).lock();
+        let removed = match shard.subs.get_mut(name) {
+            Some(subs) => {
+                let removed = subs.remove(client.id);
+                if subs.list.is_empty() {
+                    shard.subs.remove(name);
+                }
+                removed
+            }
+            None => false,
+        };
+        drop(shard);
+        if removed {
+            self.subscriptions.fetch_sub(1, Ordering::Relaxed);
+            client.remove_subscription(name);
+        }
+        removed
+    }
+
+    /// Removes every subscription of `client` (on disconnect).
+    pub fn remove_client(&self, client: &Client) {
+        for name in client.subscriptions() {
+            self.unsubscribe(client, &name);
+        }
+    }
+
+    /// Current number of subscriptions over all clients.
+    pub fn subscription_count(&self) -> usize {
+        self.subscriptions.load(Ordering::Relaxed)
+    }
+
+    /// Next offset per partition over every record published (the `*` shard sees them all).
+    pub fn live_positions(&self) -> Positions {
+        self.star.lock().positions.clone()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::relay::client::Outbound;
+    use crate::relay::record::{Encoding, PayloadKind};
+    use bytes::Bytes;
+    use eventstream_crds::v1alpha1::SlowClientPolicy;
+
+    fn rec(channel: &str, partition: i32, offset: i64) -> Arc<Record> {
+        Arc::new(Record::new(
+            partition,
+            offset,
+            None,
+            None,
+            Bytes::from_static(b"{}"),
+            vec![],
+            Some(channel.into()),
+            PayloadKind::Json,
+        ))
+    }
+
+    fn client(id: u64) -> Arc<Client> {
+        Arc::new(Client::new(
+            id,
+            Encoding::Json,
+            100,
+            SlowClientPolicy::DropOldest,
+        ))
+    }
+
+    fn events(c: &Client) -> Vec<(String, i32, i64)> {
+        c.drain()
+            .items
+            .into_iter()
+            .filter_map(|i| match i {
+                Outbound::Event {
+                    subscription,
+                    partition,
+                    offset,
+                    ..
+                } => Some((subscription.to_string(), partition, offset)),
+                _ => None,
+            })
+            .collect()
+    }
+
+    #[test]
+    fn records_reach_exactly_their_channels_and_star() {
+        let hub = Hub::new(false);
+        hub.add_partitions(&[(0, 0), (1, 0)].into());
+        let (a, b, all) = (client(1), client(2), client(3));
+        hub.subscribe(&a, &"a".into(), false, Positions::new())
+            .expect("new");
+        hub.subscribe(&b, &"b".into(), false, Positions::new())
+            .expect("new");
+        hub.subscribe(&all, &"*".into(), false, Positions::new())
+            .expect("new");
+        hub.publish(&rec("a", 0, 0));
+        hub.publish(&rec("b", 1, 0));
+        hub.publish(&rec("a", 0, 1));
+        assert_eq!(events(&a), [("a".into(), 0, 0), ("a".into(), 0, 1)]);
+        assert_eq!(events(&b), [("b".into(), 1, 0)]);
+        assert_eq!(events(&all).len(), 3);
+        assert_eq!(hub.subscription_count(), 3);
+    }
+
+    #[test]
+    fn registration_positions_split_history_from_live() {
+        let hub = Hub::new(false);
+        hub.add_partitions(&[(0, 100)].into());
+        hub.publish(&rec("a", 0, 100));
+        hub.publish(&rec("z", 0, 101));
+        let c = client(1);
+        let reg = hub
+            .subscribe(&c, &"*".into(), true, Positions::new())
+            .expect("new");
+        assert_eq!(reg.positions, [(0, 102)].into());
+        hub.publish(&rec("a", 0, 102));
+        // Held while replaying, nothing queued yet.
+        assert!(events(&c).is_empty());
+    }
+
+    #[test]
+    fn snapshot_is_sent_first() {
+        let hub = Hub::new(true);
+        hub.add_partitions(&[(0, 0)].into());
+        hub.publish(&rec("a", 0, 0));
+        hub.publish(&rec("a", 0, 1));
+        let c = client(1);
+        hub.subscribe(&c, &"a".into(), false, Positions::new())
+            .expect("new");
+        hub.publish(&rec("a", 0, 2));
+        let items = c.drain().items;
+        assert_eq!(items.len(), 3, "snapshot, subscribed, live");
+        let Outbound::Control(crate::relay::record::WireFrame::Text(t)) = &items[0] else {
+            panic!("snapshot first")
+        };
+        assert!(t.as_str().contains(r#""offset":1"#), "{}", t.as_str());
+    }
+
+    #[test]
+    fn double_subscribe_and_unsubscribe() {
+        let hub = Hub::new(false);
+        let c = client(1);
+        assert!(
+            hub.subscribe(&c, &"a".into(), false, Positions::new())
+                .is_some()
+        );
+        assert!(
+            hub.subscribe(&c, &"a".into(), false, Positions::new())
+                .is_none()
+        );
+        assert!(hub.unsubscribe(&c, "a"));
+        assert!(!hub.unsubscribe(&c, "a"));
+        hub.publish(&rec("a", 0, 0));
+        assert!(events(&c).is_empty());
+        assert_eq!(hub.subscription_count(), 0);
+    }
+
+    #[test]
+    fn removing_one_client_keeps_the_others() {
+        let hub = Hub::new(false);
+        let clients: Vec<_> = (0..5).map(client).collect();
+        for c in &clients {
+            hub.subscribe(c, &"a".into(), false, Positions::new())
+                .expect("new");
+        }
+        hub.remove_client(&clients[1]);
+        hub.remove_client(&clients[3]);
+        hub.publish(&rec("a", 0, 7));
+        for (i, c) in clients.iter().enumerate() {
+            let got = events(c);
+            assert_eq!(got.len(), usize::from(i != 1 && i != 3), "client {i}");
+        }
+    }
+}

@@ -1,0 +1,210 @@
+//! Metrics of the fan-out (all `eventstream_*`, label `stream`); documented in `docs/metrics.md`.
+
+use prometheus::{
+    Histogram, HistogramOpts, HistogramVec, IntCounter, IntCounterVec, IntGauge, IntGaugeVec, Opts,
+    Registry,
+};
+
+/// The relay's metric handles, already bound to the stream label where possible.
+#[derive(Clone)]
+pub struct RelayMetrics {
+    /// Open connections by transport.
+    pub connections_ws: IntGauge,
+    /// Open SSE connections.
+    pub connections_sse: IntGauge,
+    /// Connections refused before upgrade, by reason.
+    pub rejected: IntCounterVec,
+    /// Current subscriptions.
+    pub subscriptions: IntGauge,
+    /// Records consumed from Kafka.
+    pub consumed: IntCounter,
+    /// Events written to clients.
+    pub deliveries: IntCounter,
+    /// Bytes written to clients (frame payloads).
+    pub bytes_out: IntCounter,
+    /// Events not delivered, by reason.
+    pub dropped: IntCounterVec,
+    /// Clients closed by the server, by reason.
+    pub closed: IntCounterVec,
+    /// Resumes by result.
+    pub replays: IntCounterVec,
+    /// Records replayed from Kafka.
+    pub replayed: IntCounter,
+    /// Protocol errors answered, by code.
+    pub protocol_errors: IntCounterVec,
+    /// Kafka timestamp → socket write.
+    pub latency: Histogram,
+    /// Per-partition lag of the bridge consumer (high watermark − position).
+    pub lag: IntGaugeVec,
+    stream: String,
+}
+
+impl RelayMetrics {
+    /// Registers the relay's metrics for `stream`.
+    pub fn new(registry: &Registry, stream: &str) -> prometheus::Result<Self> {
+        let labels = &["stream"];
+        let connections = IntGaugeVec::new(
+            Opts::new(
+                "eventstream_ws_connections",
+                "Open WebSocket and SSE connections",
+            ),
+            &["stream", "transport"],
+        )?;
+        let rejected = IntCounterVec::new(
+            Opts::new(
+                "eventstream_ws_connections_rejected_total",
+                "Connections refused before upgrade (reason: limit, unauthorized, shutting_down)",
+            ),
+            &["stream", "reason"],
+        )?;
+        let subscriptions = IntGaugeVec::new(
+            Opts::new(
+                "eventstream_ws_subscriptions",
+                "Current channel subscriptions",
+            ),
+            labels,
+        )?;
+        let consumed = IntCounterVec::new(
+            Opts::new(
+                "eventstream_bridge_records_consumed_total",
+                "Records the bridge consumed from Kafka",
+            ),
+            labels,
+        )?;
+        let deliveries = IntCounterVec::new(
+            Opts::new(
+                "eventstream_ws_deliveries_total",
+                "Events written to WebSocket and SSE clients",
+            ),
+            labels,
+        )?;
+        let bytes_out = IntCounterVec::new(
+            Opts::new(
+                "eventstream_ws_bytes_out_total",
+                "Bytes of frames written to clients",
+            ),
+            labels,
+        )?;
+        let dropped = IntCounterVec::new(
+            Opts::new(
+                "eventstream_ws_dropped_total",
+                "Events not delivered to a client (reason: slow_client)",
+            ),
+            &["stream", "reason"],
+        )?;
+        let closed = IntCounterVec::new(
+            Opts::new(
+                "eventstream_ws_closed_total",
+                "Connections closed by the server (reason: slow_client, not_reading, idle, protocol, too_big, shutdown)",
+            ),
+            &["stream", "reason"],
+        )?;
+        let replays = IntCounterVec::new(
+            Opts::new(
+                "eventstream_ws_replays_total",
+                "Resumes with since (result: complete, limited, failed)",
+            ),
+            &["stream", "result"],
+        )?;
+        let replayed = IntCounterVec::new(
+            Opts::new(
+                "eventstream_ws_replayed_records_total",
+                "Records delivered from Kafka history on resume",
+            ),
+            labels,
+        )?;
+        let protocol_errors = IntCounterVec::new(
+            Opts::new(
+                "eventstream_ws_protocol_errors_total",
+                "error frames sent, by code",
+            ),
+            &["stream", "code"],
+        )?;
+        let latency = HistogramVec::new(
+            HistogramOpts::new(
+                "eventstream_delivery_latency_seconds",
+                "End-to-end latency from the Kafka record timestamp to the socket write",
+            )
+            .buckets(vec![
+                0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0,
+            ]),
+            labels,
+        )?;
+        let lag = IntGaugeVec::new(
+            Opts::new(
+                "eventstream_bridge_consumer_lag",
+                "Records between the bridge's position and the partition's high watermark",
+            ),
+            &["stream", "partition"],
+        )?;
+        registry.register(Box::new(connections.clone()))?;
+        registry.register(Box::new(rejected.clone()))?;
+        registry.register(Box::new(subscriptions.clone()))?;
+        registry.register(Box::new(consumed.clone()))?;
+        registry.register(Box::new(deliveries.clone()))?;
+        registry.register(Box::new(bytes_out.clone()))?;
+        registry.register(Box::new(dropped.clone()))?;
+        registry.register(Box::new(closed.clone()))?;
+        registry.register(Box::new(replays.clone()))?;
+        registry.register(Box::new(replayed.clone()))?;
+        registry.register(Box::new(protocol_errors.clone()))?;
+        registry.register(Box::new(latency.clone()))?;
+        registry.register(Box::new(lag.clone()))?;
+        Ok(Self {
+            connections_ws: connections.with_label_values(&[stream, "websocket"]),
+            connections_sse: connections.with_label_values(&[stream, "sse"]),
+            rejected,
+            subscriptions: subscriptions.with_label_values(&[stream]),
+            consumed: consumed.with_label_values(&[stream]),
+            deliveries: deliveries.with_label_values(&[stream]),
+            bytes_out: bytes_out.with_label_values(&[stream]),
+            dropped,
+            closed,
+            replays,
+            replayed: replayed.with_label_values(&[stream]),
+            protocol_errors,
+            latency: latency.with_label_values(&[stream]),
+            lag,
+            stream: stream.to_string(),
+        })
+    }
+
+    /// Counts a refused connection.
+    pub fn reject(&self, reason: &str) {
+        self.rejected
+            .with_label_values(&[&self.stream, reason])
+            .inc();
+    }
+
+    /// Counts a server-side close.
+    pub fn close(&self, reason: &str) {
+        self.closed.with_label_values(&[&self.stream, reason]).inc();
+    }
+
+    /// The counter of events dropped for slow clients.
+    pub fn slow_client_drops(&self) -> prometheus::IntCounter {
+        self.dropped
+            .with_label_values(&[&self.stream, "slow_client"])
+    }
+
+    /// Counts a resume outcome.
+    pub fn replay(&self, result: &str) {
+        self.replays
+            .with_label_values(&[&self.stream, result])
+            .inc();
+    }
+
+    /// Counts an error frame.
+    pub fn protocol_error(&self, code: &str) {
+        self.protocol_errors
+            .with_label_values(&[&self.stream, code])
+            .inc();
+    }
+
+    /// Sets the lag of a partition.
+    pub fn set_lag(&self, partition: i32, lag: i64) {
+        self.lag
+            .with_label_values(&[&self.stream, &partition.to_string()])
+            .set(lag);
+    }
+}

@@ -1,0 +1,521 @@
+//! WebSocket protocol v1 (see `docs/protocol.md`): parsing client frames in both encodings and
+//! encoding the server's control frames (`subscribed`, `gap`, `error`, `pong`). Pure.
+
+use std::collections::BTreeMap;
+
+use eventstream_proto::prost::Message;
+use eventstream_proto::v1::{self as pb, ClientFrame, GapReason, ServerFrame, client_frame};
+use serde_json::{Map, Value, json};
+
+use super::record::{Encoding, WireFrame};
+
+/// Positions per partition: the offset of a record, or the next offset to read, by context.
+pub type Positions = BTreeMap<i32, i64>;
+
+/// A request from a client.
+#[derive(Debug, Clone, PartialEq)]
+pub enum Request {
+    /// Start receiving `channel`; with `since`, resume after those positions (the last offset
+    /// the client saw per partition).
+    Subscribe {
+        /// Channel name or `*`.
+        channel: String,
+        /// Last seen offset per partition.
+        since: Option<Positions>,
+    },
+    /// Stop receiving `channel`.
+    Unsubscribe {
+        /// Channel name or `*`.
+        channel: String,
+    },
+    /// Answered with `pong` echoing `id`.
+    Ping {
+        /// Client-chosen id (a JSON string or number).
+        id: Option<Value>,
+    },
+}
+
+/// Error codes of `error` frames; stable, documented in `docs/protocol.md`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum ErrorCode {
+    /// The frame is not valid JSON / protobuf, not an object, or lacks a required field.
+    BadFrame,
+    /// `type` names no request.
+    UnknownType,
+    /// The channel name is empty, too long or has control characters.
+    InvalidChannel,
+    /// `since` has a negative or non-integer offset, a partition the topic does not have, or an
+    /// offset beyond the end of its partition.
+    InvalidSince,
+    /// The connection has as many subscriptions as it may.
+    TooManySubscriptions,
+    /// The token does not allow this channel.
+    Forbidden,
+    /// `unsubscribe` for a channel the connection is not subscribed to.
+    NotSubscribed,
+    /// `subscribe` for a channel the connection is already subscribed to.
+    AlreadySubscribed,
+    /// Replay from Kafka failed; the subscription continues live after a `gap`.
+    ReplayFailed,
+    /// The server is shutting down; `positions` says where to resume.
+    GoingAway,
+}
+
+impl ErrorCode {
+    /// The code as sent on the wire.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            ErrorCode::BadFrame => "bad_frame",
+            ErrorCode::UnknownType => "unknown_type",
+            ErrorCode::InvalidChannel => "invalid_channel",
+            ErrorCode::InvalidSince => "invalid_since",
+            ErrorCode::TooManySubscriptions => "too_many_subscriptions",
+            ErrorCode::Forbidden => "forbidden",
+            ErrorCode::NotSubscribed => "not_subscribed",
+            ErrorCode::AlreadySubscribed => "already_subscribed",
+            ErrorCode::ReplayFailed => "replay_failed",
+            ErrorCode::GoingAway => "going_away",
+        }
+    }
+}
+
+/// A request that cannot be served, answered with an `error` frame.
+#[derive(Debug, Clone, PartialEq)]
+pub struct ProtocolError {
+    /// Stable code.
+    pub code: ErrorCode,
+    /// Human-readable explanation.
+    pub message: String,
+    /// Channel concerned, if any.
+    pub channel: Option<String>,
+}
+
+impl ProtocolError {
+    /// An error about no particular channel.
+    pub fn new(code: ErrorCode, message: impl Into<String>) -> Self {
+        Self {
+            code,
+            message: message.into(),
+            channel: None,
+        }
+    }
+
+    /// An error about `channel`.
+    pub fn on(code: ErrorCode, channel: &str, message: impl Into<String>) -> Self {
+        Self {
+            code,
+            message: message.into(),
+            channel: Some(channel.to_string()),
+        }
+    }
+}
+
+/// Parses a JSON text frame.
+pub fn parse_json(text: &str) -> Result<Request, ProtocolError> {
+    let value: Value = serde_json::from_str(text)
+        .map_err(|e| ProtocolError::new(ErrorCode::BadFrame, format!("frame is not JSON: {e}")))?;
+    let Value::Object(obj) = value else {
+        return Err(ProtocolError::new(
+            ErrorCode::BadFrame,
+            "frame must be a JSON object with a \"type\"",
+        ));
+    };
+    let kind = match obj.get("type") {
+        Some(Value::String(kind)) => kind.as_str(),
+        Some(_) => {
+            return Err(ProtocolError::new(
+                ErrorCode::BadFrame,
+                "\"type\" must be a string",
+            ));
+        }
+        None => {
+            return Err(ProtocolError::new(
+                ErrorCode::BadFrame,
+                "frame has no \"type\" (subscribe, unsubscribe or ping)",
+            ));
+        }
+    };
+    match kind {
+        "subscribe" => {
+            let channel = channel_field(&obj)?;
+            let since = match obj.get("since") {
+                None | Some(Value::Null) => None,
+                Some(Value::Object(map)) => Some(parse_since_json(&channel, map)?),
+                Some(_) => {
+                    return Err(ProtocolError::on(
+                        ErrorCode::InvalidSince,
+                        &channel,
+                        "\"since\" must be an object of partition → last seen offset, e.g. {\"0\": 41}",
+                    ));
+                }
+            };
+            Ok(Request::Subscribe { channel, since })
+        }
+        "unsubscribe" => Ok(Request::Unsubscribe {
+            channel: channel_field(&obj)?,
+        }),
+        "ping" => match obj.get("id") {
+            None | Some(Value::Null) => Ok(Request::Ping { id: None }),
+            Some(id @ (Value::String(_) | Value::Number(_))) => Ok(Request::Ping {
+                id: Some(id.clone()),
+            }),
+            Some(_) => Err(ProtocolError::new(
+                ErrorCode::BadFrame,
+                "ping \"id\" must be a string or a number",
+            )),
+        },
+        other => Err(ProtocolError::new(
+            ErrorCode::UnknownType,
+            format!("unknown type {other:?}: use subscribe, unsubscribe or ping"),
+        )),
+    }
+}
+
+fn channel_field(obj: &Map<String, Value>) -> Result<String, ProtocolError> {
+    match obj.get("channel") {
+        Some(Value::String(channel)) => Ok(channel.clone()),
+        Some(_) => Err(ProtocolError::new(
+            ErrorCode::BadFrame,
+            "\"channel\" must be a string",
+        )),
+        None => Err(ProtocolError::new(
+            ErrorCode::BadFrame,
+            "frame has no \"channel\"",
+        )),
+    }
+}
+
+fn parse_since_json(channel: &str, map: &Map<String, Value>) -> Result<Positions, ProtocolError> {
+    let mut since = Positions::new();
+    for (partition, offset) in map {
+        let partition: i32 = partition.parse().ok().filter(|p| *p >= 0).ok_or_else(|| {
+            ProtocolError::on(
+                ErrorCode::InvalidSince,
+                channel,
+                format!("partition {partition:?} in \"since\" is not a non-negative integer"),
+            )
+        })?;
+        let offset = offset.as_i64().filter(|o| *o >= 0).ok_or_else(|| {
+            ProtocolError::on(
+                ErrorCode::InvalidSince,
+                channel,
+                format!("offset for partition {partition} must be a non-negative integer"),
+            )
+        })?;
+        since.insert(partition, offset);
+    }
+    Ok(since)
+}
+
+/// Parses a binary frame (`eventstream.v1.proto`).
+pub fn parse_proto(bytes: &[u8]) -> Result<Request, ProtocolError> {
+    let frame = ClientFrame::decode(bytes).map_err(|e| {
+        ProtocolError::new(
+            ErrorCode::BadFrame,
+            format!("frame is not a ClientFrame: {e}"),
+        )
+    })?;
+    match frame.frame {
+        Some(client_frame::Frame::Subscribe(s)) => {
+            let mut since = Positions::new();
+            for (partition, offset) in s.since {
+                if partition < 0 || offset < 0 {
+                    return Err(ProtocolError::on(
+                        ErrorCode::InvalidSince,
+                        &s.channel,
+                        format!("since {partition}:{offset} must be non-negative"),
+                    ));
+                }
+                since.insert(partition, offset);
+            }
+            Ok(Request::Subscribe {
+                channel: s.channel,
+                since: (!since.is_empty()).then_some(since),
+            })
+        }
+        Some(client_frame::Frame::Unsubscribe(u)) => {
+            Ok(Request::Unsubscribe { channel: u.channel })
+        }
+        Some(client_frame::Frame::Ping(p)) => Ok(Request::Ping {
+            id: p.id.map(Value::String),
+        }),
+        None => Err(ProtocolError::new(
+            ErrorCode::UnknownType,
+            "ClientFrame has no known frame set",
+        )),
+    }
+}
+
+fn positions_json(positions: &Positions) -> Value {
+    Value::Object(
+        positions
+            .iter()
+            .map(|(p, o)| (p.to_string(), json!(o)))
+            .collect(),
+    )
+}
+
+fn text(value: Value) -> WireFrame {
+    WireFrame::Text(value.to_string().into())
+}
+
+fn binary(frame: ServerFrame) -> WireFrame {
+    WireFrame::Binary(frame.encode_to_vec().into())
+}
+
+/// `subscribed {channel, positions}`: live delivery starts at `positions` (next offsets).
+pub fn subscribed(encoding: Encoding, channel: &str, positions: &Positions) -> WireFrame {
+    match encoding {
+        Encoding::Json => text(json!({
+            "type": "subscribed", "channel": channel, "positions": positions_json(positions),
+        })),
+        Encoding::Proto => binary(ServerFrame::subscribed(
+            channel,
+            positions.iter().map(|(p, o)| (*p, *o)),
+        )),
+    }
+}
+
+/// Why a client misses records.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum GapKind {
+    /// More than `replay.maxMessages` to replay.
+    ReplayLimit,
+    /// Kafka no longer has them.
+    Retention,
+    /// The client's queue overflowed.
+    SlowClient,
+    /// Replay failed (broker error).
+    ReplayFailed,
+}
+
+impl GapKind {
+    fn as_str(self) -> &'static str {
+        match self {
+            GapKind::ReplayLimit => "replay_limit",
+            GapKind::Retention => "retention",
+            GapKind::SlowClient => "slow_client",
+            GapKind::ReplayFailed => "replay_failed",
+        }
+    }
+}
+
+/// `gap {channel, from, to, reason}`: per partition, offsets `from` (inclusive) to `to`
+/// (exclusive) will not be delivered on this subscription; resume with `since = from - 1`.
+pub fn gap(
+    encoding: Encoding,
+    channel: &str,
+    from: &Positions,
+    to: &Positions,
+    kind: GapKind,
+) -> WireFrame {
+    match encoding {
+        Encoding::Json => text(json!({
+            "type": "gap", "channel": channel, "from": positions_json(from),
+            "to": positions_json(to), "reason": kind.as_str(),
+        })),
+        Encoding::Proto => {
+            let reason = match kind {
+                GapKind::ReplayLimit => GapReason::ReplayLimit,
+                GapKind::Retention => GapReason::Retention,
+                GapKind::SlowClient => GapReason::SlowClient,
+                GapKind::ReplayFailed => GapReason::Unspecified,
+            };
+            binary(ServerFrame::gap(
+                channel,
+                from.iter().map(|(p, o)| (*p, *o)),
+                to.iter().map(|(p, o)| (*p, *o)),
+                reason,
+            ))
+        }
+    }
+}
+
+/// `error {code, message, channel?}`.
+pub fn error(encoding: Encoding, err: &ProtocolError) -> WireFrame {
+    match encoding {
+        Encoding::Json => {
+            let mut v = json!({"type": "error", "code": err.code.as_str(), "message": err.message});
+            if let Some(channel) = &err.channel {
+                v["channel"] = json!(channel);
+            }
+            text(v)
+        }
+        Encoding::Proto => binary(match &err.channel {
+            Some(channel) => ServerFrame::channel_error(channel, err.code.as_str(), &err.message),
+            None => ServerFrame::error(err.code.as_str(), &err.message),
+        }),
+    }
+}
+
+/// `error {code: going_away, positions}` sent before closing on shutdown: the last offset
+/// delivered per subscription and partition, ready to be sent back as `since`.
+pub fn going_away(encoding: Encoding, resume: &BTreeMap<String, Positions>) -> WireFrame {
+    let message = "server shutting down: reconnect and subscribe with these positions as since";
+    match encoding {
+        Encoding::Json => text(json!({
+            "type": "error", "code": ErrorCode::GoingAway.as_str(), "message": message,
+            "positions": resume.iter().map(|(c, p)| (c.clone(), positions_json(p))).collect::<Map<_, _>>(),
+        })),
+        // The binary Error frame has no positions field; binary clients resume from the
+        // positions of the events they received.
+        Encoding::Proto => binary(ServerFrame::error(ErrorCode::GoingAway.as_str(), message)),
+    }
+}
+
+/// `pong {id?}`.
+pub fn pong(encoding: Encoding, id: Option<&Value>) -> WireFrame {
+    match encoding {
+        Encoding::Json => match id {
+            Some(id) => text(json!({"type": "pong", "id": id})),
+            None => text(json!({"type": "pong"})),
+        },
+        Encoding::Proto => binary(ServerFrame::pong(id.map(|v| match v {
+            Value::String(s) => s.clone(),
+            other => other.to_string(),
+        }))),
+    }
+}
+
+/// Decodes a server frame back to JSON (tests and tools).
+pub fn proto_to_debug(bytes: &[u8]) -> Option<pb::ServerFrame> {
+    ServerFrame::decode(bytes).ok()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn code(text: &str) -> ErrorCode {
+        parse_json(text).expect_err("must be refused").code
+    }
+
+    #[test]
+    fn parses_every_request() {
+        assert_eq!(
+            parse_json(r#"{"type":"subscribe","channel":"a","since":{"0":41,"3":7}}"#),
+            Ok(Request::Subscribe {
+                channel: "a".into(),
+                since: Some([(0, 41), (3, 7)].into()),
+            })
+        );
+        assert_eq!(
+            parse_json(r#"{"type":"subscribe","channel":"*"}"#),
+            Ok(Request::Subscribe {
+                channel: "*".into(),
+                since: None
+            })
+        );
+        assert_eq!(
+            parse_json(r#"{"type":"unsubscribe","channel":"a"}"#),
+            Ok(Request::Unsubscribe {
+                channel: "a".into()
+            })
+        );
+        assert_eq!(
+            parse_json(r#"{"type":"ping","id":7}"#),
+            Ok(Request::Ping { id: Some(json!(7)) })
+        );
+    }
+
+    #[test]
+    fn refuses_bad_frames_with_codes() {
+        assert_eq!(code("hello"), ErrorCode::BadFrame);
+        assert_eq!(code("[1,2]"), ErrorCode::BadFrame);
+        assert_eq!(code(r#"{"channel":"a"}"#), ErrorCode::BadFrame);
+        assert_eq!(code(r#"{"type":5}"#), ErrorCode::BadFrame);
+        assert_eq!(code(r#"{"type":"subscribe"}"#), ErrorCode::BadFrame);
+        assert_eq!(
+            code(r#"{"type":"subscribe","channel":3}"#),
+            ErrorCode::BadFrame
+        );
+        assert_eq!(
+            code(r#"{"type":"publish","channel":"a"}"#),
+            ErrorCode::UnknownType
+        );
+        assert_eq!(code(r#"{"type":"ping","id":{}}"#), ErrorCode::BadFrame);
+    }
+
+    #[test]
+    fn refuses_invalid_since() {
+        for since in [
+            r#"{"0":-1}"#,
+            r#"{"-1":3}"#,
+            r#"{"x":3}"#,
+            r#"{"0":1.5}"#,
+            r#"{"0":"3"}"#,
+            "[1]",
+        ] {
+            let frame = format!(r#"{{"type":"subscribe","channel":"a","since":{since}}}"#);
+            let err = parse_json(&frame).expect_err(&frame);
+            assert_eq!(err.code, ErrorCode::InvalidSince, "{frame}");
+            assert_eq!(err.channel.as_deref(), Some("a"));
+        }
+    }
+
+    #[test]
+    fn proto_requests_round_trip() {
+        let bytes = ClientFrame::subscribe("a", [(1, 5)]).encode_to_vec();
+        assert_eq!(
+            parse_proto(&bytes),
+            Ok(Request::Subscribe {
+                channel: "a".into(),
+                since: Some([(1, 5)].into())
+            })
+        );
+        let bytes = ClientFrame::subscribe("a", []).encode_to_vec();
+        assert_eq!(
+            parse_proto(&bytes),
+            Ok(Request::Subscribe {
+                channel: "a".into(),
+                since: None
+            })
+        );
+        assert_eq!(
+            parse_proto(&[0xff, 0xff]).map_err(|e| e.code),
+            Err(ErrorCode::BadFrame)
+        );
+        assert_eq!(
+            parse_proto(&[]).map_err(|e| e.code),
+            Err(ErrorCode::UnknownType)
+        );
+    }
+
+    #[test]
+    fn control_frames_encode() {
+        let WireFrame::Text(t) = subscribed(Encoding::Json, "a", &[(0, 42)].into()) else {
+            panic!()
+        };
+        assert_eq!(
+            serde_json::from_str::<Value>(t.as_str()).expect("json"),
+            json!({"type": "subscribed", "channel": "a", "positions": {"0": 42}})
+        );
+        let WireFrame::Text(t) = gap(
+            Encoding::Json,
+            "a",
+            &[(0, 3)].into(),
+            &[(0, 9)].into(),
+            GapKind::SlowClient,
+        ) else {
+            panic!()
+        };
+        assert_eq!(
+            serde_json::from_str::<Value>(t.as_str()).expect("json"),
+            json!({"type": "gap", "channel": "a", "from": {"0": 3}, "to": {"0": 9}, "reason": "slow_client"})
+        );
+        let WireFrame::Binary(b) = error(
+            Encoding::Proto,
+            &ProtocolError::on(ErrorCode::Forbidden, "a", "no"),
+        ) else {
+            panic!()
+        };
+        let frame = proto_to_debug(&b).expect("decodes");
+        let Some(pb::server_frame::Frame::Error(e)) = frame.frame else {
+            panic!()
+        };
+        assert_eq!(
+            (e.code.as_str(), e.channel.as_deref()),
+            ("forbidden", Some("a"))
+        );
+    }
+}

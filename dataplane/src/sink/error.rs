@@ -1,0 +1,169 @@
+//! Why the sink cannot do something, with the cause named, and whether retrying can help.
+
+use rdkafka::error::KafkaError;
+
+/// A sink failure. [`SinkError::is_retryable`] tells the caller whether waiting can fix it
+/// (unreachable database or broker) or a human must act (credentials, table shape).
+#[derive(Debug, thiserror::Error)]
+pub enum SinkError {
+    /// `EVENTSTREAM_POSTGRES_URL` cannot be parsed.
+    #[error("the PostgreSQL URL in {var} is invalid: {source}")]
+    InvalidUrl {
+        /// The variable holding the URL.
+        var: &'static str,
+        /// The parser's complaint.
+        source: tokio_postgres::Error,
+    },
+    /// The database server cannot be reached (refused, timed out, DNS).
+    #[error("cannot reach PostgreSQL at {target}: {source}")]
+    Unreachable {
+        /// `user@host:port/database`, without the password.
+        target: String,
+        /// The connection error.
+        source: tokio_postgres::Error,
+    },
+    /// The server refused the credentials or the role.
+    #[error(
+        "PostgreSQL at {target} refused the login: {message} (check the user and password in the URL secret)"
+    )]
+    Authentication {
+        /// `user@host:port/database`, without the password.
+        target: String,
+        /// The server's message.
+        message: String,
+    },
+    /// The database named in the URL does not exist.
+    #[error("PostgreSQL at {target}: {message} (create the database or fix the URL)")]
+    DatabaseMissing {
+        /// `user@host:port/database`, without the password.
+        target: String,
+        /// The server's message.
+        message: String,
+    },
+    /// The URL asks for TLS, which this build does not speak to PostgreSQL.
+    #[error(
+        "PostgreSQL at {target}: {source} (this build connects without TLS: use sslmode=disable or prefer)"
+    )]
+    TlsUnsupported {
+        /// `user@host:port/database`, without the password.
+        target: String,
+        /// The connection error.
+        source: tokio_postgres::Error,
+    },
+    /// The events table exists but cannot take the sink's rows.
+    #[error("table {table} exists with an incompatible shape: {}", problems.join("; "))]
+    IncompatibleTable {
+        /// The table.
+        table: String,
+        /// Every mismatch found.
+        problems: Vec<String>,
+    },
+    /// `timescale: on` but the extension is neither installed nor available.
+    #[error(
+        "sink.timescale is `on` but the TimescaleDB extension is not available in this database (install TimescaleDB, or set timescale: auto or off)"
+    )]
+    TimescaleMissing,
+    /// A schema statement failed.
+    #[error("cannot prepare table {table}: {action}: {source}")]
+    Schema {
+        /// The table.
+        table: String,
+        /// What was being done.
+        action: &'static str,
+        /// The database error.
+        source: tokio_postgres::Error,
+    },
+    /// A statement failed for a reason other than the row data (connection lost, server
+    /// shutting down, lock timeout).
+    #[error("PostgreSQL error while {action}: {source}")]
+    Database {
+        /// What was being done.
+        action: &'static str,
+        /// The database error.
+        source: tokio_postgres::Error,
+    },
+    /// The database did not answer in time.
+    #[error("PostgreSQL did not answer within {seconds}s while {action}")]
+    Timeout {
+        /// What was being done.
+        action: &'static str,
+        /// The limit.
+        seconds: u64,
+    },
+    /// The stored position is behind the start of the consumer's stream: writing would leave a
+    /// hole, so the batch is refused and the consumer repositions.
+    #[error(
+        "partition {partition}: PostgreSQL holds records up to offset {stored}, but this batch starts at {from}; repositioning"
+    )]
+    PositionMismatch {
+        /// The partition.
+        partition: i32,
+        /// `next_offset` in `eventstream_offsets`.
+        stored: i64,
+        /// Where the batch's contiguous stream starts.
+        from: i64,
+    },
+    /// Producing to the dead-letter topic failed.
+    #[error("cannot send {count} record(s) to the dead-letter topic {topic}: {source}")]
+    DeadLetter {
+        /// The dead-letter topic.
+        topic: String,
+        /// Records in the failed send.
+        count: usize,
+        /// The producer error.
+        source: KafkaError,
+    },
+    /// A Kafka client operation failed.
+    #[error("Kafka error while {action}: {source}")]
+    Kafka {
+        /// What was being done.
+        action: String,
+        /// The client error.
+        source: KafkaError,
+    },
+    /// The writer task is gone (the process is shutting down).
+    #[error("the database writer has stopped")]
+    WriterGone,
+}
+
+impl SinkError {
+    /// Whether waiting and trying again can succeed without a human changing something.
+    pub fn is_retryable(&self) -> bool {
+        match self {
+            Self::Unreachable { .. }
+            | Self::Database { .. }
+            | Self::Timeout { .. }
+            | Self::PositionMismatch { .. }
+            | Self::DeadLetter { .. }
+            | Self::Kafka { .. }
+            | Self::Schema { .. } => true,
+            Self::InvalidUrl { .. }
+            | Self::Authentication { .. }
+            | Self::DatabaseMissing { .. }
+            | Self::TlsUnsupported { .. }
+            | Self::IncompatibleTable { .. }
+            | Self::TimescaleMissing
+            | Self::WriterGone => false,
+        }
+    }
+
+    /// The error's category: the `kind` label of `eventstream_sink_database_errors_total`.
+    pub fn kind(&self) -> &'static str {
+        match self {
+            Self::InvalidUrl { .. } => "invalid_url",
+            Self::Unreachable { .. } => "unreachable",
+            Self::Authentication { .. } => "authentication",
+            Self::DatabaseMissing { .. } => "database_missing",
+            Self::TlsUnsupported { .. } => "tls",
+            Self::IncompatibleTable { .. } => "incompatible_table",
+            Self::TimescaleMissing => "timescale_missing",
+            Self::Schema { .. } => "schema",
+            Self::Database { .. } => "database",
+            Self::Timeout { .. } => "timeout",
+            Self::PositionMismatch { .. } => "position_mismatch",
+            Self::DeadLetter { .. } => "dead_letter",
+            Self::Kafka { .. } => "kafka",
+            Self::WriterGone => "stopped",
+        }
+    }
+}

@@ -1,0 +1,511 @@
+//! The tables the sink owns: the events table (created when absent, checked when present, a
+//! TimescaleDB hypertable when asked and possible) and `eventstream_offsets`, the positions that
+//! make writes exactly once. The checks and DDL are pure functions; [`prepare`] runs them.
+//!
+//! `docs/persistence.md` documents the schema and the queries the indexes serve.
+
+use eventstream_crds::v1alpha1::{PayloadFormat, Timescale};
+use tokio_postgres::{Client, GenericClient};
+
+use super::SinkError;
+
+/// Name of the positions table, created in the events table's schema.
+pub const OFFSETS_TABLE: &str = "eventstream_offsets";
+
+/// A `[schema.]table` name from the config (already validated as lower-case identifiers).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct TableName {
+    /// Schema, when the config names one.
+    pub schema: Option<String>,
+    /// Table.
+    pub name: String,
+}
+
+fn quote(ident: &str) -> String {
+    format!("\"{}\"", ident.replace('"', "\"\""))
+}
+
+/// PostgreSQL truncates identifiers to 63 bytes; derived names are truncated the same way so
+/// that `IF NOT EXISTS` and constraint lookups see the names the server stored.
+fn ident_limit(name: String) -> String {
+    let mut name = name;
+    while name.len() > 63 {
+        name.pop();
+    }
+    name
+}
+
+impl TableName {
+    /// Splits `schema.table` or `table`.
+    pub fn parse(text: &str) -> Self {
+        match text.split_once('.') {
+            Some((schema, name)) => Self {
+                schema: Some(schema.to_string()),
+                name: name.to_string(),
+            },
+            None => Self {
+                schema: None,
+                name: text.to_string(),
+            },
+        }
+    }
+
+    fn qualify(&self, name: &str) -> String {
+        match &self.schema {
+            Some(schema) => format!("{}.{}", quote(schema), quote(name)),
+            None => quote(name),
+        }
+    }
+
+    /// The quoted, qualified events table for SQL.
+    pub fn sql(&self) -> String {
+        self.qualify(&self.name)
+    }
+
+    /// The quoted, qualified positions table for SQL.
+    pub fn offsets_sql(&self) -> String {
+        self.qualify(OFFSETS_TABLE)
+    }
+
+    /// The name of the primary key the sink gives a table it creates.
+    pub fn primary_key(&self) -> String {
+        ident_limit(format!("{}_pk", self.name))
+    }
+
+    /// As written in the config, for messages.
+    pub fn display(&self) -> String {
+        match &self.schema {
+            Some(schema) => format!("{schema}.{}", self.name),
+            None => self.name.clone(),
+        }
+    }
+}
+
+/// How the events table is stored.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Storage {
+    /// A plain table.
+    Plain,
+    /// A hypertable partitioned on `ts`; `create_extension` when the extension is available but
+    /// not yet installed in this database.
+    Hypertable {
+        /// Run `CREATE EXTENSION timescaledb` first.
+        create_extension: bool,
+    },
+}
+
+/// Decides the storage from `sink.timescale` and what the database offers.
+pub fn plan_storage(
+    mode: Timescale,
+    installed: bool,
+    available: bool,
+) -> Result<Storage, SinkError> {
+    match mode {
+        Timescale::Off => Ok(Storage::Plain),
+        Timescale::Auto if installed => Ok(Storage::Hypertable {
+            create_extension: false,
+        }),
+        Timescale::Auto => Ok(Storage::Plain),
+        Timescale::On if installed => Ok(Storage::Hypertable {
+            create_extension: false,
+        }),
+        Timescale::On if available => Ok(Storage::Hypertable {
+            create_extension: true,
+        }),
+        Timescale::On => Err(SinkError::TimescaleMissing),
+    }
+}
+
+/// The statements that create whatever is missing, in order. Everything is `IF NOT EXISTS`,
+/// so running them against a complete schema changes nothing.
+pub fn ddl(table: &TableName, storage: Storage, format: PayloadFormat) -> Vec<String> {
+    let t = table.sql();
+    let payload = match format {
+        PayloadFormat::Json => "jsonb",
+        PayloadFormat::Binary => "bytea",
+    };
+    let hypertable = matches!(storage, Storage::Hypertable { .. });
+    // A hypertable's unique keys must contain its time column.
+    let key = if hypertable {
+        r#""partition", "offset", ts"#
+    } else {
+        r#""partition", "offset""#
+    };
+    let mut out = Vec::new();
+    if let Storage::Hypertable {
+        create_extension: true,
+    } = storage
+    {
+        out.push("CREATE EXTENSION IF NOT EXISTS timescaledb".to_string());
+    }
+    if let Some(schema) = &table.schema {
+        out.push(format!("CREATE SCHEMA IF NOT EXISTS {}", quote(schema)));
+    }
+    out.push(format!(
+        "CREATE TABLE IF NOT EXISTS {t} (\n  \
+           \"partition\" integer NOT NULL,\n  \
+           \"offset\" bigint NOT NULL,\n  \
+           key text,\n  \
+           ts timestamptz NOT NULL,\n  \
+           payload {payload},\n  \
+           headers jsonb,\n  \
+           ingested_at timestamptz NOT NULL DEFAULT now(),\n  \
+           CONSTRAINT {pk} PRIMARY KEY ({key})\n)",
+        pk = quote(&table.primary_key()),
+    ));
+    if hypertable {
+        out.push(format!(
+            "SELECT create_hypertable('{}', 'ts', if_not_exists => TRUE, migrate_data => TRUE)",
+            t.replace('\'', "''")
+        ));
+    } else {
+        out.push(format!(
+            "CREATE INDEX IF NOT EXISTS {} ON {t} USING brin (ts)",
+            quote(&ident_limit(format!("{}_ts_idx", table.name)))
+        ));
+    }
+    out.push(format!(
+        "CREATE INDEX IF NOT EXISTS {} ON {t} (key, ts DESC)",
+        quote(&ident_limit(format!("{}_key_ts_idx", table.name)))
+    ));
+    out.push(format!(
+        "CREATE TABLE IF NOT EXISTS {} (\n  \
+           stream text NOT NULL,\n  \
+           topic text NOT NULL,\n  \
+           \"partition\" integer NOT NULL,\n  \
+           next_offset bigint NOT NULL,\n  \
+           updated_at timestamptz NOT NULL DEFAULT now(),\n  \
+           PRIMARY KEY (stream, topic, \"partition\")\n)",
+        table.offsets_sql()
+    ));
+    out
+}
+
+/// One column of an existing table, as `pg_attribute` describes it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Column {
+    /// Column name.
+    pub name: String,
+    /// `format_type()` of its type, e.g. `timestamp with time zone`.
+    pub type_name: String,
+    /// `NOT NULL`.
+    pub not_null: bool,
+    /// Has a default, is an identity or a generated column (so the sink need not write it).
+    pub filled_by_server: bool,
+}
+
+/// Every reason an existing table cannot take the sink's rows; empty when it can.
+pub fn check_shape(columns: &[Column], format: PayloadFormat) -> Vec<String> {
+    let payload = match format {
+        PayloadFormat::Json => "jsonb",
+        PayloadFormat::Binary => "bytea",
+    };
+    let wanted: [(&str, &[&str]); 6] = [
+        ("partition", &["integer"]),
+        ("offset", &["bigint"]),
+        ("key", &["text", "character varying"]),
+        ("ts", &["timestamp with time zone"]),
+        ("payload", &[payload]),
+        ("headers", &["jsonb"]),
+    ];
+    let mut problems = Vec::new();
+    for (name, types) in wanted {
+        match columns.iter().find(|c| c.name == name) {
+            None => problems.push(format!(
+                "column \"{name}\" is missing (want {})",
+                types.join(" or ")
+            )),
+            Some(c) if !types.iter().any(|t| c.type_name.starts_with(t)) => {
+                let hint = if name == "payload" {
+                    " (sink.payload decides jsonb or bytea)"
+                } else {
+                    ""
+                };
+                problems.push(format!(
+                    "column \"{name}\" is {}, want {}{hint}",
+                    c.type_name,
+                    types.join(" or ")
+                ));
+            }
+            Some(_) => {}
+        }
+    }
+    for c in columns {
+        let written = wanted.iter().any(|(n, _)| *n == c.name);
+        if !written && c.not_null && !c.filled_by_server {
+            problems.push(format!(
+                "column \"{}\" is NOT NULL without a default, and the sink does not write it",
+                c.name
+            ));
+        }
+    }
+    problems
+}
+
+/// What [`prepare`] found out about the events table.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct SchemaInfo {
+    /// The table is a TimescaleDB hypertable.
+    pub hypertable: bool,
+    /// Name of a unique index on `(partition, offset[, ts])`, if the table has one: a violation of
+    /// it means the row is already stored.
+    pub dedup_index: Option<String>,
+}
+
+fn schema_error<'a>(
+    table: &'a TableName,
+    action: &'static str,
+) -> impl Fn(tokio_postgres::Error) -> SinkError + 'a {
+    move |source| SinkError::Schema {
+        table: table.display(),
+        action,
+        source,
+    }
+}
+
+/// The columns of `table`, `None` when it does not exist.
+pub async fn columns(
+    client: &impl GenericClient,
+    table: &TableName,
+) -> Result<Option<Vec<Column>>, SinkError> {
+    let rows = client
+        .query(
+            "SELECT a.attname::text, format_type(a.atttypid, a.atttypmod), a.attnotnull,
+                    a.atthasdef OR a.attidentity <> '' OR a.attgenerated <> ''
+             FROM pg_attribute a
+             WHERE a.attrelid = to_regclass($1) AND a.attnum > 0 AND NOT a.attisdropped
+             ORDER BY a.attnum",
+            &[&table.sql()],
+        )
+        .await
+        .map_err(schema_error(table, "reading the table's columns"))?;
+    if rows.is_empty() {
+        return Ok(None);
+    }
+    Ok(Some(
+        rows.iter()
+            .map(|r| Column {
+                name: r.get(0),
+                type_name: r.get(1),
+                not_null: r.get(2),
+                filled_by_server: r.get(3),
+            })
+            .collect(),
+    ))
+}
+
+/// Checks the existing table's shape again (after PostgreSQL refused rows, to tell a changed
+/// table from bad records).
+pub async fn recheck(
+    client: &impl GenericClient,
+    table: &TableName,
+    format: PayloadFormat,
+) -> Result<(), SinkError> {
+    let problems = match columns(client, table).await? {
+        None => vec!["the table no longer exists".to_string()],
+        Some(cols) => check_shape(&cols, format),
+    };
+    if problems.is_empty() {
+        Ok(())
+    } else {
+        Err(SinkError::IncompatibleTable {
+            table: table.display(),
+            problems,
+        })
+    }
+}
+
+/// Creates what is missing and checks what exists, under an advisory lock so that sink replicas
+/// starting together do not race on `CREATE TABLE`.
+pub async fn prepare(
+    client: &mut Client,
+    table: &TableName,
+    mode: Timescale,
+    format: PayloadFormat,
+) -> Result<SchemaInfo, SinkError> {
+    let tx = client
+        .transaction()
+        .await
+        .map_err(schema_error(table, "starting the schema transaction"))?;
+    // `IF NOT EXISTS` notices on every start are noise.
+    tx.batch_execute(
+        "SET LOCAL client_min_messages = warning;
+         SELECT pg_advisory_xact_lock(hashtext('eventstream-sink-schema'))",
+    )
+    .await
+    .map_err(schema_error(table, "taking the schema lock"))?;
+    let row = tx
+        .query_one(
+            "SELECT EXISTS (SELECT 1 FROM pg_extension WHERE extname = 'timescaledb'),
+                    EXISTS (SELECT 1 FROM pg_available_extensions WHERE name = 'timescaledb')",
+            &[],
+        )
+        .await
+        .map_err(schema_error(table, "looking for the TimescaleDB extension"))?;
+    let storage = plan_storage(mode, row.get(0), row.get(1))?;
+    if let Some(existing) = columns(&tx, table).await? {
+        let problems = check_shape(&existing, format);
+        if !problems.is_empty() {
+            return Err(SinkError::IncompatibleTable {
+                table: table.display(),
+                problems,
+            });
+        }
+    }
+    for statement in ddl(table, storage, format) {
+        tx.batch_execute(&statement).await.map_err(schema_error(
+            table,
+            "creating the table, its indexes or eventstream_offsets",
+        ))?;
+    }
+    let dedup = tx
+        .query(
+            "SELECT i.relname::text
+             FROM pg_index x
+             JOIN pg_class i ON i.oid = x.indexrelid
+             WHERE x.indrelid = to_regclass($1) AND x.indisunique
+               AND (SELECT array_agg(a.attname::text ORDER BY a.attname)
+                    FROM unnest(x.indkey::int2[]) AS k(attnum)
+                    JOIN pg_attribute a ON a.attrelid = x.indrelid AND a.attnum = k.attnum)
+                   <@ ARRAY['offset', 'partition', 'ts']
+               AND (SELECT array_agg(a.attname::text)
+                    FROM unnest(x.indkey::int2[]) AS k(attnum)
+                    JOIN pg_attribute a ON a.attrelid = x.indrelid AND a.attnum = k.attnum)
+                   @> ARRAY['offset', 'partition']
+             LIMIT 1",
+            &[&table.sql()],
+        )
+        .await
+        .map_err(schema_error(
+            table,
+            "looking for a unique index on (partition, offset)",
+        ))?
+        .first()
+        .map(|r| r.get::<_, String>(0));
+    tx.commit()
+        .await
+        .map_err(schema_error(table, "committing the schema"))?;
+    Ok(SchemaInfo {
+        hypertable: matches!(storage, Storage::Hypertable { .. }),
+        dedup_index: dedup,
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn col(name: &str, type_name: &str, not_null: bool, filled: bool) -> Column {
+        Column {
+            name: name.into(),
+            type_name: type_name.into(),
+            not_null,
+            filled_by_server: filled,
+        }
+    }
+
+    fn good() -> Vec<Column> {
+        vec![
+            col("partition", "integer", true, false),
+            col("offset", "bigint", true, false),
+            col("key", "text", false, false),
+            col("ts", "timestamp with time zone", true, false),
+            col("payload", "jsonb", false, false),
+            col("headers", "jsonb", false, false),
+            col("ingested_at", "timestamp with time zone", true, true),
+        ]
+    }
+
+    #[test]
+    fn our_own_shape_passes() {
+        assert_eq!(
+            check_shape(&good(), PayloadFormat::Json),
+            Vec::<String>::new()
+        );
+    }
+
+    #[test]
+    fn every_mismatch_is_named() {
+        let mut cols = good();
+        cols.retain(|c| c.name != "headers");
+        cols[0].type_name = "bigint".into();
+        cols.push(col("tenant", "text", true, false));
+        cols.push(col("id", "bigint", true, true));
+        let problems = check_shape(&cols, PayloadFormat::Binary);
+        assert_eq!(
+            problems,
+            [
+                "column \"partition\" is bigint, want integer",
+                "column \"payload\" is jsonb, want bytea (sink.payload decides jsonb or bytea)",
+                "column \"headers\" is missing (want jsonb)",
+                "column \"tenant\" is NOT NULL without a default, and the sink does not write it",
+            ]
+        );
+    }
+
+    #[test]
+    fn varchar_keys_are_fine() {
+        let mut cols = good();
+        cols[2].type_name = "character varying(200)".into();
+        assert!(check_shape(&cols, PayloadFormat::Json).is_empty());
+    }
+
+    #[test]
+    fn timescale_modes() {
+        assert_eq!(
+            plan_storage(Timescale::Off, true, true).ok(),
+            Some(Storage::Plain)
+        );
+        assert_eq!(
+            plan_storage(Timescale::Auto, false, true).ok(),
+            Some(Storage::Plain)
+        );
+        assert_eq!(
+            plan_storage(Timescale::Auto, true, true).ok(),
+            Some(Storage::Hypertable {
+                create_extension: false
+            })
+        );
+        assert_eq!(
+            plan_storage(Timescale::On, false, true).ok(),
+            Some(Storage::Hypertable {
+                create_extension: true
+            })
+        );
+        let err = plan_storage(Timescale::On, false, false).expect_err("missing");
+        assert!(err.to_string().contains("TimescaleDB"), "{err}");
+    }
+
+    #[test]
+    fn names_are_quoted_and_qualified() {
+        let t = TableName::parse("analytics.events");
+        assert_eq!(t.sql(), "\"analytics\".\"events\"");
+        assert_eq!(t.offsets_sql(), "\"analytics\".\"eventstream_offsets\"");
+        assert_eq!(TableName::parse("events").sql(), "\"events\"");
+        assert_eq!(TableName::parse(&"x".repeat(63)).primary_key().len(), 63);
+    }
+
+    #[test]
+    fn hypertables_key_on_time_too() {
+        let t = TableName::parse("events");
+        let plain = ddl(&t, Storage::Plain, PayloadFormat::Json).join("\n");
+        assert!(
+            plain.contains(r#"PRIMARY KEY ("partition", "offset")"#),
+            "{plain}"
+        );
+        assert!(plain.contains("payload jsonb"));
+        assert!(!plain.contains("create_hypertable"));
+        let hyper = ddl(
+            &t,
+            Storage::Hypertable {
+                create_extension: true,
+            },
+            PayloadFormat::Binary,
+        )
+        .join("\n");
+        assert!(hyper.starts_with("CREATE EXTENSION IF NOT EXISTS timescaledb"));
+        assert!(hyper.contains(r#"PRIMARY KEY ("partition", "offset", ts)"#));
+        assert!(hyper.contains("payload bytea"));
+        assert!(hyper.contains("create_hypertable('\"events\"', 'ts'"));
+    }
+}

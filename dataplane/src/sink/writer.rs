@@ -1,0 +1,614 @@
+//! The database side: one PostgreSQL session that writes batches exactly once and answers where
+//! each partition must resume.
+//!
+//! A batch is one transaction:
+//! 1. lock the batch's partitions in `eventstream_offsets` (`SELECT … ORDER BY partition FOR
+//!    UPDATE`: the offset row is the fence, taken in a fixed order so two sinks cannot deadlock);
+//! 2. refuse the batch if a slice starts after the stored `next_offset` (it would leave a hole:
+//!    [`SinkError::PositionMismatch`]); drop the records below it (already stored, e.g. by the
+//!    previous owner of a partition during a rebalance, or by a zombie);
+//! 3. binary `COPY` the rows;
+//! 4. send the batch's dead letters and wait for the broker's acknowledgement;
+//! 5. move `next_offset` past the batch and `COMMIT`.
+//!
+//! When PostgreSQL refuses row data (a data or constraint error), the transaction is redone
+//! carefully: each half of the rows is copied under a savepoint, recursively, until the refused
+//! rows are isolated; they become dead letters with the database's message. A refusal that is
+//! really a changed table (checked first) pauses the sink instead of dead-lettering everything.
+
+use std::collections::BTreeMap;
+use std::str::FromStr;
+use std::time::{Duration, Instant};
+
+use bytes::BytesMut;
+use eventstream_crds::v1alpha1::{PayloadFormat, Timescale};
+use futures::SinkExt;
+use tokio_postgres::error::SqlState;
+use tokio_postgres::{Client, Config, NoTls, Statement, Transaction};
+
+use super::SinkError;
+use super::batch::Batch;
+use super::copy;
+use super::dead_letter::DeadLetters;
+use super::metrics::SinkMetrics;
+use super::record::{Entry, Poison, PoisonReason, Record};
+use super::schema::{self, SchemaInfo, TableName};
+
+/// Longest a batch transaction (or a position lookup) may take before the session is dropped.
+pub const WRITE_TIMEOUT: Duration = Duration::from_secs(60);
+/// Default connect timeout when the URL sets none.
+const CONNECT_TIMEOUT: Duration = Duration::from_secs(10);
+/// Encoded bytes sent per `CopyData` message.
+const COPY_CHUNK: usize = 1 << 20;
+
+/// What the writer needs to know about its stream.
+#[derive(Debug, Clone)]
+pub struct Target {
+    /// `namespace/name`, the `stream` column of `eventstream_offsets`.
+    pub stream: String,
+    /// The source topic.
+    pub topic: String,
+    /// The events table.
+    pub table: TableName,
+    /// `sink.timescale`.
+    pub timescale: Timescale,
+    /// `sink.payload`.
+    pub payload: PayloadFormat,
+}
+
+/// A committed batch.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct Committed {
+    /// The stored `next_offset` of each partition of the batch after the commit.
+    pub next: BTreeMap<i32, i64>,
+    /// Rows written.
+    pub rows: u64,
+    /// Dead letters sent.
+    pub dead_letters: u64,
+    /// Records skipped because PostgreSQL already had them.
+    pub skipped: u64,
+}
+
+/// A request to the writer task.
+pub enum Command {
+    /// Write a batch; the result goes to the outcome channel.
+    Write(Batch),
+    /// Look up (and seed) the stored positions of partitions.
+    Positions(
+        Vec<i32>,
+        std::sync::mpsc::Sender<Result<BTreeMap<i32, i64>, SinkError>>,
+    ),
+}
+
+/// The result of a [`Command::Write`].
+#[derive(Debug)]
+pub struct Outcome {
+    /// The batch's generation.
+    pub generation: u64,
+    /// What happened.
+    pub result: Result<Committed, SinkError>,
+}
+
+struct Statements {
+    lock: Statement,
+    seed: Statement,
+    positions: Statement,
+    advance: Statement,
+    copy: Statement,
+}
+
+struct Session {
+    client: Client,
+    statements: Statements,
+    info: SchemaInfo,
+}
+
+/// The PostgreSQL writer; see the [module docs](self).
+pub struct Writer {
+    config: Config,
+    target: Target,
+    dead_letters: DeadLetters,
+    metrics: SinkMetrics,
+    session: Option<Session>,
+}
+
+/// `user@host:port/database` of a URL, never the password.
+pub fn describe(config: &Config) -> String {
+    let host = config
+        .get_hosts()
+        .iter()
+        .map(|h| match h {
+            tokio_postgres::config::Host::Tcp(name) => name.clone(),
+            #[cfg(unix)]
+            tokio_postgres::config::Host::Unix(path) => path.display().to_string(),
+        })
+        .collect::<Vec<_>>()
+        .join(",");
+    let port = config
+        .get_ports()
+        .first()
+        .map_or_else(|| "5432".to_string(), u16::to_string);
+    format!(
+        "{}@{host}:{port}/{}",
+        config.get_user().unwrap_or("(default user)"),
+        config.get_dbname().unwrap_or("(default database)")
+    )
+}
+
+/// Parses a PostgreSQL URL or key=value string from `var`.
+pub fn parse_url(url: &str, var: &'static str) -> Result<Config, SinkError> {
+    let mut config =
+        Config::from_str(url).map_err(|source| SinkError::InvalidUrl { var, source })?;
+    if config.get_connect_timeout().is_none() {
+        config.connect_timeout(CONNECT_TIMEOUT);
+    }
+    if config.get_application_name().is_none() {
+        config.application_name("eventstream-sink");
+    }
+    config.keepalives_idle(Duration::from_secs(30));
+    Ok(config)
+}
+
+fn connect_error(config: &Config, source: tokio_postgres::Error) -> SinkError {
+    let target = describe(config);
+    if let Some(db) = source.as_db_error() {
+        let code = db.code();
+        if *code == SqlState::INVALID_PASSWORD
+            || *code == SqlState::INVALID_AUTHORIZATION_SPECIFICATION
+        {
+            return SinkError::Authentication {
+                target,
+                message: db.message().to_string(),
+            };
+        }
+        if *code == SqlState::INVALID_CATALOG_NAME {
+            return SinkError::DatabaseMissing {
+                target,
+                message: db.message().to_string(),
+            };
+        }
+    }
+    if source.to_string().contains("TLS") {
+        return SinkError::TlsUnsupported { target, source };
+    }
+    SinkError::Unreachable { target, source }
+}
+
+fn db(action: &'static str) -> impl Fn(tokio_postgres::Error) -> SinkError {
+    move |source| SinkError::Database { action, source }
+}
+
+/// How a failed attempt ended.
+enum Attempt {
+    /// PostgreSQL refused row data: redo carefully.
+    Rejected,
+    /// Anything else.
+    Failed(SinkError),
+}
+
+impl From<SinkError> for Attempt {
+    fn from(e: SinkError) -> Self {
+        Self::Failed(e)
+    }
+}
+
+/// Whether PostgreSQL refused the data itself (so other rows may still be fine).
+fn is_data_error(e: &tokio_postgres::Error) -> bool {
+    e.code().is_some_and(|c| {
+        let code = c.code();
+        code.starts_with("22") || code.starts_with("23") || code == "54000"
+    })
+}
+
+impl Writer {
+    /// A writer that connects lazily.
+    pub fn new(
+        config: Config,
+        target: Target,
+        dead_letters: DeadLetters,
+        metrics: SinkMetrics,
+    ) -> Self {
+        Self {
+            config,
+            target,
+            dead_letters,
+            metrics,
+            session: None,
+        }
+    }
+
+    /// `user@host:port/database`.
+    pub fn describe(&self) -> String {
+        describe(&self.config)
+    }
+
+    /// Connects (if not connected) and prepares the schema and statements.
+    pub async fn connect(&mut self) -> Result<&SchemaInfo, SinkError> {
+        if self.session.as_ref().is_some_and(|s| s.client.is_closed()) {
+            self.session = None;
+        }
+        if self.session.is_none() {
+            let session = self.open().await?;
+            self.session = Some(session);
+        }
+        match &self.session {
+            Some(s) => Ok(&s.info),
+            None => Err(SinkError::WriterGone),
+        }
+    }
+
+    async fn open(&self) -> Result<Session, SinkError> {
+        let (mut client, connection) = self
+            .config
+            .connect(NoTls)
+            .await
+            .map_err(|e| connect_error(&self.config, e))?;
+        tokio::spawn(async move {
+            if let Err(e) = connection.await {
+                tracing::debug!(error = %e, "PostgreSQL connection ended");
+            }
+        });
+        let t = &self.target;
+        let info = schema::prepare(&mut client, &t.table, t.timescale, t.payload).await?;
+        let offsets = t.table.offsets_sql();
+        let prepare = |sql: String| {
+            let client = &client;
+            async move {
+                client
+                    .prepare(&sql)
+                    .await
+                    .map_err(db("preparing statements"))
+            }
+        };
+        let statements = Statements {
+            lock: prepare(format!(
+                "SELECT \"partition\", next_offset FROM {offsets}
+                 WHERE stream = $1 AND topic = $2 AND \"partition\" = ANY($3::int4[])
+                 ORDER BY \"partition\" FOR UPDATE"
+            ))
+            .await?,
+            seed: prepare(format!(
+                "INSERT INTO {offsets} (stream, topic, \"partition\", next_offset)
+                 SELECT $1, $2, p, 0 FROM unnest($3::int4[]) AS p
+                 ON CONFLICT DO NOTHING"
+            ))
+            .await?,
+            positions: prepare(format!(
+                "SELECT \"partition\", next_offset FROM {offsets}
+                 WHERE stream = $1 AND topic = $2 AND \"partition\" = ANY($3::int4[])"
+            ))
+            .await?,
+            advance: prepare(format!(
+                "UPDATE {offsets} AS o SET next_offset = v.n, updated_at = now()
+                 FROM unnest($3::int4[], $4::int8[]) AS v(p, n)
+                 WHERE o.stream = $1 AND o.topic = $2 AND o.\"partition\" = v.p"
+            ))
+            .await?,
+            copy: prepare(format!(
+                "COPY {} ({}) FROM STDIN (FORMAT binary)",
+                t.table.sql(),
+                copy::COLUMNS
+            ))
+            .await?,
+        };
+        tracing::info!(
+            database = %describe(&self.config),
+            table = %t.table.display(),
+            hypertable = info.hypertable,
+            unique_key = info.dedup_index.as_deref().unwrap_or("none"),
+            "connected to PostgreSQL"
+        );
+        Ok(Session {
+            client,
+            statements,
+            info,
+        })
+    }
+
+    /// The stored `next_offset` of each partition, creating rows at 0 for new partitions.
+    pub async fn positions(&mut self, partitions: &[i32]) -> Result<BTreeMap<i32, i64>, SinkError> {
+        let result = tokio::time::timeout(WRITE_TIMEOUT, self.positions_once(partitions))
+            .await
+            .unwrap_or(Err(SinkError::Timeout {
+                action: "reading stored positions",
+                seconds: WRITE_TIMEOUT.as_secs(),
+            }));
+        if let Err(e) = &result {
+            self.fail(e);
+        }
+        result
+    }
+
+    async fn positions_once(
+        &mut self,
+        partitions: &[i32],
+    ) -> Result<BTreeMap<i32, i64>, SinkError> {
+        self.connect().await?;
+        let session = self.session.as_ref().ok_or(SinkError::WriterGone)?;
+        let t = &self.target;
+        let parts: Vec<i32> = partitions.to_vec();
+        session
+            .client
+            .execute(&session.statements.seed, &[&t.stream, &t.topic, &parts])
+            .await
+            .map_err(db("creating positions of new partitions"))?;
+        let rows = session
+            .client
+            .query(
+                &session.statements.positions,
+                &[&t.stream, &t.topic, &parts],
+            )
+            .await
+            .map_err(db("reading stored positions"))?;
+        Ok(rows.iter().map(|r| (r.get(0), r.get(1))).collect())
+    }
+
+    fn fail(&mut self, e: &SinkError) {
+        self.metrics.database_error(e.kind());
+        // A fresh session next time: the old one may be mid-transaction or broken.
+        self.session = None;
+    }
+
+    /// Writes `batch` exactly once; see the [module docs](self).
+    pub async fn write(&mut self, batch: &Batch) -> Result<Committed, SinkError> {
+        let started = Instant::now();
+        let attempt = async {
+            match self.write_once(batch, false).await {
+                Err(Attempt::Rejected) => match self.write_once(batch, true).await {
+                    Ok(c) => Ok(c),
+                    Err(Attempt::Failed(e)) => Err(e),
+                    Err(Attempt::Rejected) => Err(SinkError::WriterGone),
+                },
+                Ok(c) => Ok(c),
+                Err(Attempt::Failed(e)) => Err(e),
+            }
+        };
+        let result = tokio::time::timeout(WRITE_TIMEOUT, attempt)
+            .await
+            .unwrap_or(Err(SinkError::Timeout {
+                action: "writing a batch",
+                seconds: WRITE_TIMEOUT.as_secs(),
+            }));
+        match &result {
+            Ok(c) => {
+                let m = &self.metrics;
+                m.rows_written.inc_by(c.rows);
+                m.batches.inc();
+                m.batch_rows.observe(batch.len() as f64);
+                m.commit_seconds.observe(started.elapsed().as_secs_f64());
+            }
+            Err(e) => self.fail(e),
+        }
+        result
+    }
+
+    async fn write_once(&mut self, batch: &Batch, careful: bool) -> Result<Committed, Attempt> {
+        self.connect().await?;
+        let Self {
+            session,
+            target,
+            dead_letters,
+            metrics,
+            ..
+        } = self;
+        let session = session.as_mut().ok_or(SinkError::WriterGone)?;
+        let parts: Vec<i32> = batch.slices.keys().copied().collect();
+        let tx = session
+            .client
+            .transaction()
+            .await
+            .map_err(db("beginning a batch"))?;
+        let st = &session.statements;
+        let mut stored = lock(&tx, &st.lock, target, &parts).await?;
+        if stored.len() < parts.len() {
+            tx.execute(&st.seed, &[&target.stream, &target.topic, &parts])
+                .await
+                .map_err(db("creating positions of new partitions"))?;
+            stored = lock(&tx, &st.lock, target, &parts).await?;
+        }
+
+        let mut committed = Committed::default();
+        let mut rows: Vec<&Record> = Vec::with_capacity(batch.len());
+        let mut letters: Vec<(&Record, Poison)> = Vec::new();
+        for (partition, slice) in &batch.slices {
+            let at = stored.get(partition).copied().unwrap_or(0);
+            if at < slice.from {
+                return Err(Attempt::Failed(SinkError::PositionMismatch {
+                    partition: *partition,
+                    stored: at,
+                    from: slice.from,
+                }));
+            }
+            for entry in &slice.entries {
+                if entry.record().offset < at {
+                    committed.skipped += 1;
+                    continue;
+                }
+                match entry {
+                    Entry::Row(r) => rows.push(r),
+                    Entry::Dead(r, p) => letters.push((r, p.clone())),
+                }
+            }
+            committed.next.insert(*partition, slice.end().max(at));
+        }
+        metrics.skipped("fence", committed.skipped);
+
+        if careful {
+            schema::recheck(&tx, &target.table, target.payload).await?;
+            let refused = copy_isolating(&tx, &st.copy, &rows, target.payload).await?;
+            let mut refused_at = std::collections::HashSet::new();
+            for (index, error) in refused {
+                refused_at.insert(index);
+                let duplicate = error.code() == Some(&SqlState::UNIQUE_VIOLATION)
+                    && error
+                        .as_db_error()
+                        .and_then(|d| d.constraint())
+                        .is_some_and(|c| {
+                            session
+                                .info
+                                .dedup_index
+                                .as_deref()
+                                .is_some_and(|ours| c.ends_with(ours))
+                        });
+                if duplicate {
+                    // The row is already stored: the positions table was behind the events
+                    // table (restored from a backup, edited by hand). Keep it, skip ours.
+                    metrics.skipped("primary_key", 1);
+                    committed.skipped += 1;
+                    continue;
+                }
+                let detail = error
+                    .as_db_error()
+                    .map_or_else(|| error.to_string(), |d| d.message().to_string());
+                letters.push((
+                    rows[index],
+                    Poison {
+                        reason: PoisonReason::RejectedByTable,
+                        detail,
+                    },
+                ));
+            }
+            committed.rows = (rows.len() - refused_at.len()) as u64;
+        } else {
+            match copy_rows(&tx, &st.copy, &rows, target.payload).await {
+                Ok(()) => committed.rows = rows.len() as u64,
+                Err(e) if is_data_error(&e) => {
+                    tracing::warn!(error = %e, "PostgreSQL refused row data; isolating the refused records");
+                    return Err(Attempt::Rejected);
+                }
+                Err(e) => return Err(db("copying rows")(e).into()),
+            }
+        }
+
+        if !letters.is_empty() {
+            // In source order, whichever step found them.
+            letters.sort_by_key(|(r, _)| (r.partition, r.offset));
+            let refs: Vec<(&Record, &Poison)> = letters.iter().map(|(r, p)| (*r, p)).collect();
+            dead_letters.send_all(&refs).await?;
+        }
+
+        let (ps, ns): (Vec<i32>, Vec<i64>) = committed
+            .next
+            .iter()
+            .filter(|(p, n)| stored.get(p).is_none_or(|at| at < n))
+            .map(|(p, n)| (*p, *n))
+            .unzip();
+        if !ps.is_empty() {
+            tx.execute(&st.advance, &[&target.stream, &target.topic, &ps, &ns])
+                .await
+                .map_err(db("advancing stored positions"))?;
+        }
+        tx.commit().await.map_err(db("committing a batch"))?;
+
+        for (_, poison) in &letters {
+            metrics.dead_lettered(poison.reason.as_str(), 1);
+        }
+        committed.dead_letters = letters.len() as u64;
+        Ok(committed)
+    }
+
+    /// Serves commands until the channel closes, sending write outcomes to `outcomes`.
+    pub async fn run(
+        mut self,
+        mut commands: tokio::sync::mpsc::Receiver<Command>,
+        outcomes: std::sync::mpsc::Sender<Outcome>,
+    ) {
+        while let Some(command) = commands.recv().await {
+            match command {
+                Command::Write(batch) => {
+                    let result = self.write(&batch).await;
+                    let outcome = Outcome {
+                        generation: batch.generation,
+                        result,
+                    };
+                    if outcomes.send(outcome).is_err() {
+                        break;
+                    }
+                }
+                Command::Positions(partitions, reply) => {
+                    let _ = reply.send(self.positions(&partitions).await);
+                }
+            }
+        }
+    }
+}
+
+async fn lock(
+    tx: &Transaction<'_>,
+    statement: &Statement,
+    target: &Target,
+    parts: &Vec<i32>,
+) -> Result<BTreeMap<i32, i64>, SinkError> {
+    let rows = tx
+        .query(statement, &[&target.stream, &target.topic, parts])
+        .await
+        .map_err(db("locking stored positions"))?;
+    Ok(rows.iter().map(|r| (r.get(0), r.get(1))).collect())
+}
+
+/// One binary `COPY` of `rows`.
+async fn copy_rows(
+    tx: &Transaction<'_>,
+    statement: &Statement,
+    rows: &[&Record],
+    format: PayloadFormat,
+) -> Result<(), tokio_postgres::Error> {
+    if rows.is_empty() {
+        return Ok(());
+    }
+    let sink = tx.copy_in::<_, bytes::Bytes>(statement).await?;
+    futures::pin_mut!(sink);
+    let mut buf = BytesMut::with_capacity(COPY_CHUNK + 64 * 1024);
+    copy::put_header(&mut buf);
+    for row in rows {
+        copy::put_row(&mut buf, row, format);
+        if buf.len() >= COPY_CHUNK {
+            sink.send(buf.split().freeze()).await?;
+        }
+    }
+    copy::put_trailer(&mut buf);
+    sink.send(buf.split().freeze()).await?;
+    sink.as_mut().finish().await?;
+    Ok(())
+}
+
+/// Copies `rows`, isolating the ones PostgreSQL refuses by halving under savepoints. Returns the
+/// refused rows' indexes with the error of each.
+async fn copy_isolating(
+    tx: &Transaction<'_>,
+    statement: &Statement,
+    rows: &[&Record],
+    format: PayloadFormat,
+) -> Result<Vec<(usize, tokio_postgres::Error)>, SinkError> {
+    let mut refused = Vec::new();
+    let mut ranges = vec![(0, rows.len())];
+    while let Some((start, end)) = ranges.pop() {
+        if start == end {
+            continue;
+        }
+        tx.batch_execute("SAVEPOINT eventstream_isolate")
+            .await
+            .map_err(db("setting a savepoint"))?;
+        match copy_rows(tx, statement, &rows[start..end], format).await {
+            Ok(()) => tx
+                .batch_execute("RELEASE SAVEPOINT eventstream_isolate")
+                .await
+                .map_err(db("releasing a savepoint"))?,
+            Err(e) if is_data_error(&e) => {
+                tx.batch_execute("ROLLBACK TO SAVEPOINT eventstream_isolate; RELEASE SAVEPOINT eventstream_isolate")
+                    .await
+                    .map_err(db("rolling back to a savepoint"))?;
+                if end - start == 1 {
+                    refused.push((start, e));
+                } else {
+                    let mid = start + (end - start) / 2;
+                    // Pop order keeps offsets ascending: the first half is copied first.
+                    ranges.push((mid, end));
+                    ranges.push((start, mid));
+                }
+            }
+            Err(e) => return Err(db("copying rows")(e)),
+        }
+    }
+    Ok(refused)
+}

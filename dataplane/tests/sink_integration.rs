@@ -1,0 +1,723 @@
+//! The sink against real parts: the `eventstream-dataplane sink` binary as a child process,
+//! librdkafka's mock cluster (kept alive by the test, reached over loopback) and a throw-away
+//! PostgreSQL 15. Every test asserts exact row counts, contiguous offsets and no duplicates.
+//!
+//! The crash, outage and rebalance tests pre-create the events table *without* a primary key, so
+//! that a duplicate would be stored and counted instead of being refused by the key: what they
+//! prove is the offset fence, not the last line of defence.
+
+use std::io::{BufRead, BufReader};
+use std::process::{Child, Command, Stdio};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use eventstream_testkit::{MockKafka, TestPostgres, free_port};
+use parking_lot::Mutex;
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio_postgres::{Client, NoTls};
+
+const TOPIC: &str = "frames";
+const DLQ: &str = "frames.dlq";
+const GROUP: &str = "eventstream.test.frames.sink";
+
+type TestResult = Result<(), Box<dyn std::error::Error>>;
+
+/// Events table with the sink's shape but no unique key (see the module docs).
+const TABLE_WITHOUT_KEY: &str = r#"CREATE TABLE frames (
+    "partition" integer NOT NULL, "offset" bigint NOT NULL, key text,
+    ts timestamptz NOT NULL, payload jsonb, headers jsonb,
+    ingested_at timestamptz NOT NULL DEFAULT now())"#;
+
+struct Sink {
+    child: Child,
+    port: u16,
+    log: Arc<Mutex<String>>,
+    _config: tempfile::NamedTempFile,
+}
+
+impl Sink {
+    fn start(config: &str, url: &str) -> Result<Self, Box<dyn std::error::Error>> {
+        let port = free_port()?;
+        let config = config.replace("LISTEN_PORT", &port.to_string());
+        let mut file = tempfile::NamedTempFile::new()?;
+        std::io::Write::write_all(&mut file, config.as_bytes())?;
+        let mut child = Command::new(env!("CARGO_BIN_EXE_eventstream-dataplane"))
+            .args(["sink", "--config"])
+            .arg(file.path())
+            .env("EVENTSTREAM_POSTGRES_URL", url)
+            .env("RUST_LOG", "info,librdkafka=warn,rdkafka=warn")
+            .env("NO_COLOR", "1")
+            .stdout(Stdio::null())
+            .stderr(Stdio::piped())
+            .spawn()?;
+        let log = Arc::new(Mutex::new(String::new()));
+        if let Some(stderr) = child.stderr.take() {
+            let log = log.clone();
+            std::thread::spawn(move || {
+                for line in BufReader::new(stderr).lines().map_while(Result::ok) {
+                    let mut log = log.lock();
+                    log.push_str(&line);
+                    log.push('\n');
+                }
+            });
+        }
+        Ok(Self {
+            child,
+            port,
+            log,
+            _config: file,
+        })
+    }
+
+    fn log(&self) -> String {
+        self.log.lock().clone()
+    }
+
+    fn running(&mut self) -> bool {
+        matches!(self.child.try_wait(), Ok(None))
+    }
+
+    /// SIGKILL: no flush, no commit, no goodbye.
+    fn kill9(&mut self) -> std::io::Result<()> {
+        self.child.kill()?;
+        self.child.wait().map(|_| ())
+    }
+
+    /// SIGTERM and wait for a clean exit.
+    async fn terminate(&mut self) -> Result<std::process::ExitStatus, Box<dyn std::error::Error>> {
+        Command::new("kill")
+            .args(["-TERM", &self.child.id().to_string()])
+            .status()?;
+        let deadline = Instant::now() + Duration::from_secs(30);
+        loop {
+            if let Some(status) = self.child.try_wait()? {
+                return Ok(status);
+            }
+            if Instant::now() > deadline {
+                return Err(format!("sink did not stop after SIGTERM:\n{}", self.log()).into());
+            }
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+    }
+
+    async fn exit_status(
+        &mut self,
+        within: Duration,
+    ) -> Result<std::process::ExitStatus, Box<dyn std::error::Error>> {
+        let deadline = Instant::now() + within;
+        loop {
+            if let Some(status) = self.child.try_wait()? {
+                // Let the reader thread take the last lines.
+                tokio::time::sleep(Duration::from_millis(100)).await;
+                return Ok(status);
+            }
+            if Instant::now() > deadline {
+                return Err(format!("sink still running after {within:?}:\n{}", self.log()).into());
+            }
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+    }
+
+    async fn get(&self, path: &str) -> Result<(u16, String), Box<dyn std::error::Error>> {
+        let mut stream = tokio::net::TcpStream::connect(("127.0.0.1", self.port)).await?;
+        stream
+            .write_all(format!("GET {path} HTTP/1.0\r\nHost: sink\r\n\r\n").as_bytes())
+            .await?;
+        let mut text = String::new();
+        stream.read_to_string(&mut text).await?;
+        let status = text
+            .split_whitespace()
+            .nth(1)
+            .and_then(|s| s.parse().ok())
+            .ok_or_else(|| format!("bad HTTP answer: {text}"))?;
+        let body = text
+            .split_once("\r\n\r\n")
+            .map(|(_, b)| b.to_string())
+            .unwrap_or_default();
+        Ok((status, body))
+    }
+
+    /// The value of a metric line starting with `prefix` (name and labels).
+    async fn metric(&self, prefix: &str) -> Result<Option<f64>, Box<dyn std::error::Error>> {
+        let (_, body) = self.get("/metrics").await?;
+        Ok(body
+            .lines()
+            .find(|l| l.starts_with(prefix))
+            .and_then(|l| l.rsplit(' ').next())
+            .and_then(|v| v.parse().ok()))
+    }
+
+    async fn wait_until<F, Fut>(&self, what: &str, within: Duration, mut check: F) -> TestResult
+    where
+        F: FnMut() -> Fut,
+        Fut: std::future::Future<Output = bool>,
+    {
+        let deadline = Instant::now() + within;
+        while !check().await {
+            if Instant::now() > deadline {
+                return Err(
+                    format!("timed out waiting for {what}; sink log:\n{}", self.log()).into(),
+                );
+            }
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+        Ok(())
+    }
+}
+
+impl Drop for Sink {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+fn config(bootstrap: &str, extra_sink: &str) -> String {
+    format!(
+        "stream: {{ namespace: test, name: frames }}
+kafka:
+  bootstrapServers: '{bootstrap}'
+  properties:
+    fetch.wait.max.ms: '5'
+    session.timeout.ms: '6000'
+    heartbeat.interval.ms: '500'
+    statistics.interval.ms: '1000'
+topic: {TOPIC}
+server: {{ listen: '127.0.0.1:LISTEN_PORT', shutdownGrace: 10s }}
+sink: {{ table: frames, deadLetterTopic: {DLQ}, consumerGroup: {GROUP}{extra_sink} }}
+"
+    )
+}
+
+async fn connect(url: &str) -> Result<Client, Box<dyn std::error::Error>> {
+    let (client, connection) = tokio_postgres::connect(url, NoTls).await?;
+    tokio::spawn(connection);
+    Ok(client)
+}
+
+async fn count(url: &str) -> i64 {
+    // Each poll opens its own connection so that polling survives a database restart.
+    match connect(url).await {
+        Ok(c) => match c.query_one("SELECT count(*) FROM frames", &[]).await {
+            Ok(row) => row.get(0),
+            Err(_) => -1,
+        },
+        Err(_) => -1,
+    }
+}
+
+async fn wait_rows(sink: &Sink, url: &str, at_least: i64, within: Duration) -> TestResult {
+    sink.wait_until(&format!("{at_least} rows"), within, || async {
+        count(url).await >= at_least
+    })
+    .await
+}
+
+/// Exactly `per_partition[p]` rows per partition, offsets 0..n contiguous, no duplicate, and the
+/// stored positions equal to the counts.
+async fn assert_exactly_once(url: &str, per_partition: &[(i32, i64)]) -> TestResult {
+    let c = connect(url).await?;
+    let total: i64 = per_partition.iter().map(|(_, n)| n).sum();
+    let row = c
+        .query_one(
+            r#"SELECT count(*), count(DISTINCT ("partition", "offset")) FROM frames"#,
+            &[],
+        )
+        .await?;
+    let (rows, distinct): (i64, i64) = (row.get(0), row.get(1));
+    assert_eq!(distinct, rows, "duplicated rows");
+    assert_eq!(rows, total, "row count");
+    for (p, n) in per_partition {
+        let row = c
+            .query_one(
+                r#"SELECT count(*), coalesce(min("offset"), -1), coalesce(max("offset"), -1)
+                   FROM frames WHERE "partition" = $1"#,
+                &[p],
+            )
+            .await?;
+        let (count, min, max): (i64, i64, i64) = (row.get(0), row.get(1), row.get(2));
+        assert_eq!(
+            (count, min, max),
+            (*n, 0, n - 1),
+            "partition {p}: count, min, max offset"
+        );
+        let stored: i64 = c
+            .query_one(
+                "SELECT next_offset FROM eventstream_offsets WHERE stream = 'test/frames' AND topic = $1 AND \"partition\" = $2",
+                &[&TOPIC, p],
+            )
+            .await?
+            .get(0);
+        assert_eq!(stored, *n, "partition {p}: stored next_offset");
+    }
+    Ok(())
+}
+
+fn event(i: usize) -> (Option<String>, String) {
+    let key = format!("session-{}", i % 97);
+    let payload = format!(
+        r#"{{"seq":{i},"sessionId":"{key}","eventType":"frame","speed":{},"pad":"{}"}}"#,
+        i % 300,
+        "x".repeat(120)
+    );
+    (Some(key), payload)
+}
+
+async fn produce_range(
+    bootstrap: &str,
+    range: std::ops::Range<usize>,
+    counts: &mut std::collections::BTreeMap<i32, i64>,
+) -> TestResult {
+    let records: Vec<(Option<String>, String)> = range.map(event).collect();
+    for chunk in records.chunks(20_000) {
+        for (p, _) in eventstream_testkit::produce(bootstrap, TOPIC, chunk).await? {
+            *counts.entry(p).or_default() += 1;
+        }
+    }
+    Ok(())
+}
+
+/// The mock cluster keeps at most 5 MiB per partition (older records are trimmed, as retention
+/// would), so 100 000 events of ~200 bytes need at least 8 partitions.
+fn setup(partitions: i32) -> Result<(MockKafka, TestPostgres, String), Box<dyn std::error::Error>> {
+    let kafka = MockKafka::new(1)?;
+    kafka.create_topic(TOPIC, partitions, 1)?;
+    kafka.create_topic(DLQ, 1, 1)?;
+    let pg = TestPostgres::start()?;
+    let url = pg.url();
+    Ok((kafka, pg, url))
+}
+
+fn counts_vec(counts: &std::collections::BTreeMap<i32, i64>) -> Vec<(i32, i64)> {
+    counts.iter().map(|(p, n)| (*p, *n)).collect()
+}
+
+#[tokio::test]
+async fn hundred_thousand_records_become_exactly_hundred_thousand_rows() -> TestResult {
+    let (kafka, pg, url) = setup(8)?;
+    let mut counts = Default::default();
+    produce_range(&kafka.bootstrap(), 0..100_000, &mut counts).await?;
+    let mut sink = Sink::start(
+        &config(&kafka.bootstrap(), ", maxRows: 5000, maxDelay: 200ms"),
+        &url,
+    )?;
+    wait_rows(&sink, &url, 100_000, Duration::from_secs(120)).await?;
+    sink.wait_until("readiness", Duration::from_secs(10), || async {
+        sink.get("/readyz").await.is_ok_and(|(s, _)| s == 200)
+    })
+    .await?;
+    // Idle a little longer than maxDelay: nothing more may appear.
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    assert_exactly_once(&url, &counts_vec(&counts)).await?;
+    let written = sink
+        .metric(r#"eventstream_sink_rows_written_total{stream="test/frames"}"#)
+        .await?;
+    assert_eq!(written, Some(100_000.0));
+
+    // `timescale: auto` without the extension: a plain table with the primary key.
+    let out = pg.psql(
+        "postgres",
+        "SELECT c.relkind, (SELECT count(*) FROM pg_constraint WHERE conrelid = c.oid AND contype = 'p')
+         FROM pg_class c WHERE c.relname = 'frames'",
+    )?;
+    assert_eq!(out.trim(), "r|1");
+
+    let status = sink.terminate().await?;
+    assert!(status.success(), "graceful exit: {status}\n{}", sink.log());
+    assert!(sink.log().contains("sink stopped"), "{}", sink.log());
+    drop(kafka);
+    Ok(())
+}
+
+#[tokio::test]
+async fn sigkill_mid_stream_and_restart_keeps_exactly_once() -> TestResult {
+    let (kafka, pg, url) = setup(8)?;
+    pg.psql("postgres", TABLE_WITHOUT_KEY)?;
+    let mut counts = Default::default();
+    produce_range(&kafka.bootstrap(), 0..50_000, &mut counts).await?;
+    let cfg = config(&kafka.bootstrap(), ", maxRows: 100, maxDelay: 50ms");
+
+    let mut sink = Sink::start(&cfg, &url)?;
+    wait_rows(&sink, &url, 3_000, Duration::from_secs(60)).await?;
+    sink.kill9()?;
+    let at_kill = count(&url).await;
+    assert!(
+        at_kill < 50_000,
+        "the kill must land mid-stream ({at_kill} rows)"
+    );
+
+    produce_range(&kafka.bootstrap(), 50_000..100_000, &mut counts).await?;
+    let mut sink = Sink::start(&cfg, &url)?;
+    wait_rows(&sink, &url, 60_000, Duration::from_secs(60)).await?;
+    sink.kill9()?;
+    let at_second_kill = count(&url).await;
+    assert!(
+        at_second_kill < 100_000,
+        "second kill mid-stream ({at_second_kill} rows)"
+    );
+
+    let sink = Sink::start(&cfg, &url)?;
+    wait_rows(&sink, &url, 100_000, Duration::from_secs(120)).await?;
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    assert_exactly_once(&url, &counts_vec(&counts)).await?;
+    drop(sink);
+    drop(kafka);
+    Ok(())
+}
+
+#[tokio::test]
+async fn postgres_outage_pauses_and_recovers_without_restart() -> TestResult {
+    let (kafka, mut pg, url) = setup(8)?;
+    pg.psql("postgres", TABLE_WITHOUT_KEY)?;
+    let mut counts = Default::default();
+    produce_range(&kafka.bootstrap(), 0..20_000, &mut counts).await?;
+    let mut sink = Sink::start(
+        &config(&kafka.bootstrap(), ", maxRows: 200, maxDelay: 50ms"),
+        &url,
+    )?;
+    wait_rows(&sink, &url, 2_000, Duration::from_secs(60)).await?;
+
+    pg.stop()?;
+    produce_range(&kafka.bootstrap(), 20_000..40_000, &mut counts).await?;
+    sink.wait_until("the sink to pause", Duration::from_secs(30), || async {
+        sink.metric(r#"eventstream_sink_paused{stream="test/frames"}"#)
+            .await
+            .is_ok_and(|v| v == Some(1.0))
+    })
+    .await?;
+    let (status, body) = sink.get("/readyz").await?;
+    assert_eq!(status, 503, "{body}");
+    assert!(body.contains("postgres"), "{body}");
+
+    pg.start_again()?;
+    wait_rows(&sink, &url, 40_000, Duration::from_secs(120)).await?;
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    assert_exactly_once(&url, &counts_vec(&counts)).await?;
+    assert!(sink.running(), "the sink recovered without restarting");
+    assert_eq!(
+        sink.metric(r#"eventstream_sink_paused{stream="test/frames"}"#)
+            .await?,
+        Some(0.0)
+    );
+    let errors = sink
+        .metric(r#"eventstream_sink_database_errors_total{kind="#)
+        .await?
+        .unwrap_or(0.0);
+    let log = sink.log();
+    assert!(errors >= 1.0, "database errors counted");
+    assert!(log.contains("PostgreSQL is back"), "{log}");
+    drop(sink);
+    drop(kafka);
+    Ok(())
+}
+
+#[tokio::test]
+async fn two_sinks_share_partitions_and_rebalances_keep_exactly_once() -> TestResult {
+    let (kafka, pg, url) = setup(8)?;
+    pg.psql("postgres", TABLE_WITHOUT_KEY)?;
+    let mut counts = Default::default();
+    let cfg = config(&kafka.bootstrap(), ", maxRows: 200, maxDelay: 50ms");
+    produce_range(&kafka.bootstrap(), 0..30_000, &mut counts).await?;
+
+    let mut a = Sink::start(&cfg, &url)?;
+    wait_rows(&a, &url, 3_000, Duration::from_secs(60)).await?;
+    let b = Sink::start(&cfg, &url)?;
+    // Keep records flowing while the group rebalances, until the second sink writes some.
+    let mut next = 30_000;
+    let deadline = Instant::now() + Duration::from_secs(60);
+    loop {
+        // A steady trickle (2 500 records/s) while the group rebalances.
+        produce_range(&kafka.bootstrap(), next..next + 500, &mut counts).await?;
+        next += 500;
+        tokio::time::sleep(Duration::from_millis(200)).await;
+        let b_rows = b
+            .metric(r#"eventstream_sink_rows_written_total{stream="test/frames"}"#)
+            .await?
+            .unwrap_or(0.0);
+        if b_rows > 0.0 {
+            break;
+        }
+        if Instant::now() > deadline || next >= 80_000 {
+            return Err(format!("the second sink wrote nothing:\n{}", b.log()).into());
+        }
+    }
+    let a_rows = a
+        .metric(r#"eventstream_sink_rows_written_total{stream="test/frames"}"#)
+        .await?
+        .unwrap_or(0.0);
+    assert!(a_rows > 0.0, "the first sink wrote rows");
+
+    // The first sink leaves mid-stream: its partitions move to the second one.
+    produce_range(&kafka.bootstrap(), next..80_000, &mut counts).await?;
+    let status = a.terminate().await?;
+    assert!(status.success(), "{}", a.log());
+    produce_range(&kafka.bootstrap(), 80_000..100_000, &mut counts).await?;
+    wait_rows(&b, &url, 100_000, Duration::from_secs(120)).await?;
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    assert_exactly_once(&url, &counts_vec(&counts)).await?;
+    assert!(a.log().contains("partitions revoked"), "{}", a.log());
+    drop(b);
+    drop(kafka);
+    Ok(())
+}
+
+#[tokio::test]
+async fn poison_records_go_to_the_dead_letter_topic_with_headers() -> TestResult {
+    let (kafka, pg, url) = setup(1)?;
+    // A table with a rule of its own: rows with "reject" are refused by PostgreSQL.
+    pg.psql(
+        "postgres",
+        r#"CREATE TABLE frames (
+            "partition" integer NOT NULL, "offset" bigint NOT NULL, key text,
+            ts timestamptz NOT NULL, payload jsonb, headers jsonb,
+            ingested_at timestamptz NOT NULL DEFAULT now(),
+            PRIMARY KEY ("partition", "offset"),
+            CHECK (payload->>'reject' IS NULL))"#,
+    )?;
+    let good = |i: usize| (Some(b"k".to_vec()), format!(r#"{{"n":{i}}}"#).into_bytes());
+    let mut records: Vec<(Option<Vec<u8>>, Vec<u8>)> = Vec::new();
+    // (key, payload, expected reason)
+    type Poison = (Option<Vec<u8>>, Vec<u8>, &'static str);
+    let poison: Vec<Poison> = vec![
+        (Some(b"k".to_vec()), b"not json at all".to_vec(), "not_json"),
+        (
+            Some(b"k".to_vec()),
+            br#"{"a":"nul\u0000here"}"#.to_vec(),
+            "unsupported_json",
+        ),
+        (
+            Some(b"k".to_vec()),
+            format!(r#"{{"big":"{}"}}"#, "y".repeat(3000)).into_bytes(),
+            "too_large",
+        ),
+        (
+            Some(b"k".to_vec()),
+            br#"{"reject":true}"#.to_vec(),
+            "rejected_by_table",
+        ),
+        (
+            Some(vec![0xff, 0x00]),
+            br#"{"n":-1}"#.to_vec(),
+            "key_not_text",
+        ),
+    ];
+    let mut expected_dead = Vec::new();
+    let mut n = 0;
+    for (key, payload, reason) in &poison {
+        for _ in 0..10 {
+            records.push(good(n));
+            n += 1;
+        }
+        expected_dead.push((records.len() as i64, *reason));
+        records.push((key.clone(), payload.clone()));
+    }
+    for _ in 0..10 {
+        records.push(good(n));
+        n += 1;
+    }
+    eventstream_testkit::produce(&kafka.bootstrap(), TOPIC, &records).await?;
+
+    let cfg = config(&kafka.bootstrap(), ", maxRows: 1000, maxDelay: 100ms").replace(
+        "topic: frames\n",
+        "topic: frames\ningest: { maxBodyBytes: 1024 }\n",
+    );
+    let sink = Sink::start(&cfg, &url)?;
+    let dead = eventstream_testkit::consume_all(
+        &kafka.bootstrap(),
+        DLQ,
+        poison.len(),
+        Duration::from_secs(60),
+    )
+    .await
+    .map_err(|e| format!("{e}\nsink log:\n{}", sink.log()))?;
+    wait_rows(&sink, &url, n as i64, Duration::from_secs(30)).await?;
+    tokio::time::sleep(Duration::from_millis(300)).await;
+
+    assert_eq!(dead.len(), poison.len());
+    for (letter, (offset, reason)) in dead.iter().zip(&expected_dead) {
+        let header = |name: &str| {
+            letter
+                .header(name)
+                .map(|v| String::from_utf8_lossy(v).into_owned())
+        };
+        assert_eq!(header("eventstream-dlq-reason").as_deref(), Some(*reason));
+        assert_eq!(header("eventstream-dlq-offset"), Some(offset.to_string()));
+        assert_eq!(header("eventstream-dlq-partition").as_deref(), Some("0"));
+        assert_eq!(header("eventstream-dlq-topic").as_deref(), Some(TOPIC));
+        assert!(header("eventstream-dlq-detail").is_some_and(|d| !d.is_empty()));
+        let original = &records[*offset as usize];
+        assert_eq!(
+            letter.payload.as_deref(),
+            Some(original.1.as_slice()),
+            "payload unchanged"
+        );
+        assert_eq!(letter.key, original.0, "key unchanged");
+    }
+    let check = pg.psql(
+        "postgres",
+        r#"SELECT count(*), count(DISTINCT "offset"), string_agg(DISTINCT payload->>'n', ',' ORDER BY payload->>'n') IS NOT NULL FROM frames"#,
+    )?;
+    assert_eq!(check.trim(), format!("{n}|{n}|t"));
+    let stored = pg.psql("postgres", "SELECT next_offset FROM eventstream_offsets")?;
+    assert_eq!(
+        stored.trim(),
+        records.len().to_string(),
+        "poison offsets are consumed too"
+    );
+    for (_, _, reason) in &poison {
+        let v = sink
+            .metric(&format!(
+                r#"eventstream_sink_dead_letters_total{{reason="{reason}",stream="test/frames"}}"#
+            ))
+            .await?;
+        assert_eq!(v, Some(1.0), "dead letters counted for {reason}");
+    }
+    drop(sink);
+    drop(kafka);
+    Ok(())
+}
+
+mod bad_input {
+    use super::*;
+
+    #[tokio::test]
+    async fn a_config_without_sink_section_is_refused() -> TestResult {
+        let cfg = "stream: { namespace: test, name: frames }\nkafka: { bootstrapServers: '127.0.0.1:9' }\ntopic: frames\nserver: { listen: '127.0.0.1:LISTEN_PORT' }\n";
+        let mut sink = Sink::start(cfg, "postgres://nobody@127.0.0.1:9/x")?;
+        let status = sink.exit_status(Duration::from_secs(20)).await?;
+        assert!(!status.success());
+        assert!(sink.log().contains("no `sink` section"), "{}", sink.log());
+        Ok(())
+    }
+
+    #[tokio::test]
+    async fn an_incompatible_table_names_table_and_column() -> TestResult {
+        let (kafka, pg, url) = setup(1)?;
+        pg.psql(
+            "postgres",
+            r#"CREATE TABLE frames ("partition" integer, "offset" bigint, key text, ts timestamptz, payload text, headers jsonb)"#,
+        )?;
+        let mut sink = Sink::start(&config(&kafka.bootstrap(), ""), &url)?;
+        let status = sink.exit_status(Duration::from_secs(20)).await?;
+        assert!(!status.success());
+        let log = sink.log();
+        assert!(
+            log.contains("table frames exists with an incompatible shape"),
+            "{log}"
+        );
+        assert!(
+            log.contains(r#"column "payload" is text, want jsonb"#),
+            "{log}"
+        );
+        Ok(())
+    }
+
+    #[tokio::test]
+    async fn timescale_on_without_the_extension_is_a_startup_error() -> TestResult {
+        let (kafka, _pg, url) = setup(1)?;
+        let mut sink = Sink::start(&config(&kafka.bootstrap(), ", timescale: on"), &url)?;
+        let status = sink.exit_status(Duration::from_secs(20)).await?;
+        assert!(!status.success());
+        assert!(
+            sink.log()
+                .contains("TimescaleDB extension is not available"),
+            "{}",
+            sink.log()
+        );
+        Ok(())
+    }
+
+    #[tokio::test]
+    async fn an_unreachable_database_is_retried_and_reported() -> TestResult {
+        let kafka = MockKafka::new(1)?;
+        let port = free_port()?;
+        let url = format!("postgres://postgres@127.0.0.1:{port}/postgres");
+        let mut sink = Sink::start(&config(&kafka.bootstrap(), ""), &url)?;
+        sink.wait_until(
+            "two connection attempts",
+            Duration::from_secs(20),
+            || async {
+                sink.log()
+                    .matches("cannot reach PostgreSQL at postgres@127.0.0.1")
+                    .count()
+                    >= 2
+            },
+        )
+        .await?;
+        let (status, body) = sink.get("/readyz").await?;
+        assert_eq!(status, 503);
+        assert!(body.contains("postgres"), "{body}");
+        let status = sink.terminate().await?;
+        assert!(status.success(), "{}", sink.log());
+        Ok(())
+    }
+
+    #[tokio::test]
+    async fn wrong_credentials_are_a_clear_error() -> TestResult {
+        let (kafka, pg, _url) = setup(1)?;
+        pg.psql("postgres", "CREATE ROLE writer LOGIN PASSWORD 'right'")?;
+        let hba = pg.data_dir().join("pg_hba.conf");
+        let text = std::fs::read_to_string(&hba)?;
+        let text = text
+            .lines()
+            .map(|l| {
+                if l.starts_with("host") {
+                    l.replace("trust", "scram-sha-256")
+                } else {
+                    l.to_string()
+                }
+            })
+            .collect::<Vec<_>>()
+            .join("\n");
+        std::fs::write(&hba, text + "\n")?;
+        pg.psql("postgres", "SELECT pg_reload_conf()")?;
+        let url = format!("postgres://writer:wrong@127.0.0.1:{}/postgres", pg.port());
+        let mut sink = Sink::start(&config(&kafka.bootstrap(), ""), &url)?;
+        let status = sink.exit_status(Duration::from_secs(20)).await?;
+        assert!(!status.success());
+        let log = sink.log();
+        assert!(log.contains("refused the login"), "{log}");
+        assert!(
+            log.contains("password authentication failed for user \"writer\""),
+            "{log}"
+        );
+        assert!(
+            !log.contains("wrong"),
+            "the password never appears in messages: {log}"
+        );
+        Ok(())
+    }
+
+    #[tokio::test]
+    async fn a_missing_topic_is_reported_and_waited_for() -> TestResult {
+        let kafka = MockKafka::new(1)?;
+        kafka.create_topic(DLQ, 1, 1)?;
+        let pg = TestPostgres::start()?;
+        let url = pg.url();
+        let sink = Sink::start(&config(&kafka.bootstrap(), ", maxDelay: 50ms"), &url)?;
+        sink.wait_until(
+            "the missing-topic error",
+            Duration::from_secs(30),
+            || async {
+                sink.log()
+                    .contains("cannot consume topic frames: it does not exist")
+            },
+        )
+        .await?;
+        let (status, body) = sink.get("/readyz").await?;
+        assert_eq!(status, 503);
+        assert!(body.contains("topic"), "{body}");
+
+        kafka.create_topic(TOPIC, 2, 1)?;
+        let records: Vec<(Option<String>, String)> = (0..10).map(event).collect();
+        let mut counts = std::collections::BTreeMap::new();
+        for (p, _) in eventstream_testkit::produce(&kafka.bootstrap(), TOPIC, &records).await? {
+            *counts.entry(p).or_insert(0i64) += 1;
+        }
+        wait_rows(&sink, &url, 10, Duration::from_secs(60)).await?;
+        assert_exactly_once(&url, &counts_vec(&counts)).await?;
+        drop(sink);
+        drop(kafka);
+        Ok(())
+    }
+}

@@ -1,0 +1,264 @@
+//! Status conditions computed from data: `TopicReady`, `BridgeReady`, `SinkReady` and the summary
+//! `Ready`. `lastTransitionTime` moves only when a condition's status changes, so an unchanged
+//! world gives a byte-identical status (no write, no watch event, no reconcile loop).
+
+use k8s_openapi::api::apps::v1::Deployment;
+use k8s_openapi::apimachinery::pkg::apis::meta::v1::{Condition, Time};
+use k8s_openapi::jiff::Timestamp;
+
+/// The topic exists as specified.
+pub const TOPIC_READY: &str = "TopicReady";
+/// The bridge Deployment has all its replicas ready.
+pub const BRIDGE_READY: &str = "BridgeReady";
+/// The sink is ready, or not configured.
+pub const SINK_READY: &str = "SinkReady";
+/// All of the above.
+pub const READY: &str = "Ready";
+
+/// One observed fact: a condition status with a CamelCase reason and a message for the user.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Check {
+    /// `True` or `False`.
+    pub ok: bool,
+    /// CamelCase reason (also the Event reason and, for failures, a metric label).
+    pub reason: String,
+    /// What happened and, on failure, what the user can do.
+    pub message: String,
+}
+
+impl Check {
+    /// A passing check.
+    pub fn ok(reason: &str, message: impl Into<String>) -> Self {
+        Self {
+            ok: true,
+            reason: reason.into(),
+            message: message.into(),
+        }
+    }
+
+    /// A failing check.
+    pub fn fail(reason: &str, message: impl Into<String>) -> Self {
+        Self {
+            ok: false,
+            reason: reason.into(),
+            message: message.into(),
+        }
+    }
+
+    /// Not checked because an earlier step failed.
+    pub fn blocked(by: &Check) -> Self {
+        Self::fail(&by.reason, format!("waiting: {}", by.message))
+    }
+}
+
+/// `Ready`: true when all are; otherwise the first failing check, topic before bridge before
+/// sink, so the reason names the step to fix first.
+pub fn ready(topic: &Check, bridge: &Check, sink: &Check) -> Check {
+    match [topic, bridge, sink].into_iter().find(|c| !c.ok) {
+        Some(failing) => Check::fail(&failing.reason, failing.message.clone()),
+        None => Check::ok("Ready", "topic, bridge and sink are ready"),
+    }
+}
+
+/// Readiness of a Deployment from the status the API server returned.
+pub fn workload(name: &str, desired: i32, deployment: Option<&Deployment>) -> Check {
+    let status = deployment
+        .and_then(|d| d.status.clone())
+        .unwrap_or_default();
+    let generation = deployment.and_then(|d| d.metadata.generation);
+    if let Some(stuck) = status.conditions.iter().flatten().find(|c| {
+        c.type_ == "Progressing"
+            && c.status == "False"
+            && c.reason.as_deref() == Some("ProgressDeadlineExceeded")
+    }) {
+        return Check::fail(
+            "ProgressDeadlineExceeded",
+            format!(
+                "Deployment {name}: {} (check its pods: kubectl describe deploy {name})",
+                stuck.message.as_deref().unwrap_or("rollout stuck")
+            ),
+        );
+    }
+    let ready = status.ready_replicas.unwrap_or(0);
+    let updated = status.updated_replicas.unwrap_or(0);
+    let current = generation.is_none() || status.observed_generation == generation;
+    if desired == 0 {
+        return Check::ok("ScaledToZero", format!("Deployment {name} has 0 replicas"));
+    }
+    if current && ready >= desired && updated >= desired {
+        Check::ok(
+            "ReplicasReady",
+            format!("Deployment {name}: {ready}/{desired} replicas ready"),
+        )
+    } else {
+        Check::fail(
+            "ReplicasNotReady",
+            format!("Deployment {name}: {ready}/{desired} replicas ready, {updated} updated"),
+        )
+    }
+}
+
+/// The condition of `type_` for `check`, keeping `lastTransitionTime` from `existing` when the
+/// status did not change.
+pub fn condition(
+    existing: &[Condition],
+    type_: &str,
+    check: &Check,
+    generation: Option<i64>,
+    now: Timestamp,
+) -> Condition {
+    let status = if check.ok { "True" } else { "False" };
+    let since = existing
+        .iter()
+        .find(|c| c.type_ == type_ && c.status == status)
+        .map(|c| c.last_transition_time.clone())
+        .unwrap_or(Time(now));
+    Condition {
+        type_: type_.into(),
+        status: status.into(),
+        reason: check.reason.clone(),
+        // Kubernetes caps the message at 32768 bytes; broker errors can be long.
+        message: truncate(&check.message, 1024),
+        observed_generation: generation,
+        last_transition_time: since,
+    }
+}
+
+/// All four conditions in a fixed order.
+pub fn all(
+    existing: &[Condition],
+    topic: &Check,
+    bridge: &Check,
+    sink: &Check,
+    generation: Option<i64>,
+    now: Timestamp,
+) -> Vec<Condition> {
+    let ready = ready(topic, bridge, sink);
+    [
+        (TOPIC_READY, topic),
+        (BRIDGE_READY, bridge),
+        (SINK_READY, sink),
+        (READY, &ready),
+    ]
+    .into_iter()
+    .map(|(t, c)| condition(existing, t, c, generation, now))
+    .collect()
+}
+
+fn truncate(s: &str, max: usize) -> String {
+    if s.len() <= max {
+        return s.to_string();
+    }
+    let mut end = max;
+    while !s.is_char_boundary(end) {
+        end -= 1;
+    }
+    format!("{}…", &s[..end])
+}
+
+#[cfg(test)]
+#[allow(clippy::unwrap_used)]
+mod tests {
+    use super::*;
+    use k8s_openapi::api::apps::v1::DeploymentStatus;
+
+    fn t(secs: i64) -> Timestamp {
+        Timestamp::from_second(secs).unwrap()
+    }
+
+    #[test]
+    fn transition_time_is_kept_while_status_is_unchanged() {
+        let first = all(
+            &[],
+            &Check::ok("TopicCreated", "x"),
+            &Check::ok("ReplicasReady", "y"),
+            &Check::ok("NotConfigured", "z"),
+            Some(1),
+            t(100),
+        );
+        // Same statuses, different reason/message, later: times stay.
+        let second = all(
+            &first,
+            &Check::ok("TopicInSync", "x2"),
+            &Check::ok("ReplicasReady", "y"),
+            &Check::ok("NotConfigured", "z"),
+            Some(2),
+            t(200),
+        );
+        assert!(
+            second
+                .iter()
+                .all(|c| c.last_transition_time == Time(t(100)))
+        );
+        assert_eq!(second[0].reason, "TopicInSync");
+        // A real transition moves only the conditions that changed.
+        let third = all(
+            &second,
+            &Check::fail("KafkaUnreachable", "down"),
+            &Check::ok("ReplicasReady", "y"),
+            &Check::ok("NotConfigured", "z"),
+            Some(2),
+            t(300),
+        );
+        assert_eq!(third[0].last_transition_time, Time(t(300)));
+        assert_eq!(third[1].last_transition_time, Time(t(100)));
+        assert_eq!(third[3].status, "False");
+        assert_eq!(third[3].reason, "KafkaUnreachable");
+        assert_eq!(third[3].last_transition_time, Time(t(300)));
+        // And the same failure again is identical: a status patch would be a no-op.
+        let fourth = all(
+            &third,
+            &Check::fail("KafkaUnreachable", "down"),
+            &Check::ok("ReplicasReady", "y"),
+            &Check::ok("NotConfigured", "z"),
+            Some(2),
+            t(400),
+        );
+        assert_eq!(third, fourth);
+    }
+
+    #[test]
+    fn ready_names_the_first_failing_step() {
+        let r = ready(
+            &Check::ok("a", ""),
+            &Check::fail("ReplicasNotReady", "1/2"),
+            &Check::fail("SecretNotFound", "s"),
+        );
+        assert_eq!((r.ok, r.reason.as_str()), (false, "ReplicasNotReady"));
+        assert!(
+            ready(
+                &Check::ok("a", ""),
+                &Check::ok("b", ""),
+                &Check::ok("c", "")
+            )
+            .ok
+        );
+    }
+
+    #[test]
+    fn workload_readiness() {
+        let mut d = Deployment::default();
+        d.metadata.generation = Some(2);
+        d.status = Some(DeploymentStatus {
+            observed_generation: Some(2),
+            ready_replicas: Some(2),
+            updated_replicas: Some(2),
+            ..DeploymentStatus::default()
+        });
+        assert!(workload("x", 2, Some(&d)).ok);
+        assert!(!workload("x", 3, Some(&d)).ok);
+        d.status.as_mut().unwrap().observed_generation = Some(1);
+        assert!(
+            !workload("x", 2, Some(&d)).ok,
+            "a rollout in progress is not ready"
+        );
+        assert!(!workload("x", 1, None).ok);
+        assert!(workload("x", 0, None).ok);
+    }
+
+    #[test]
+    fn long_messages_are_truncated_on_a_char_boundary() {
+        let c = condition(&[], READY, &Check::fail("X", "é".repeat(1000)), None, t(1));
+        assert!(c.message.len() <= 1024 + '…'.len_utf8());
+    }
+}

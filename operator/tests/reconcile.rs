@@ -1,0 +1,610 @@
+//! Reconcile against a mocked API server (tower-test, as kube-rs documents): the exact sequence
+//! of requests for create, update, steady state, deletion with each policy, failures, and the
+//! status patch. Kafka is a fake here, except in the tests named `*_tansu`, which use the real
+//! librdkafka adapter against a tansu broker process.
+#![allow(clippy::unwrap_used)]
+
+mod support;
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use eventstream_crds::EventStream;
+use eventstream_crds::v1alpha1::EventStreamStatus;
+use eventstream_operator::controller::{error_policy, reconcile};
+use eventstream_operator::kafka_admin::{KafkaAdmin, KafkaConnection, RdKafkaAdmin};
+use kube::runtime::controller::Action;
+use serde_json::{Value, json};
+use support::*;
+
+const NS: &str = "/namespaces/racing";
+const SSA: &str = "?&force=true&fieldManager=eventstream-operator";
+
+fn es_path(suffix: &str) -> String {
+    format!("/apis/eventstream.dev/v1alpha1{NS}/eventstreams/telemetry{suffix}")
+}
+
+fn events() -> String {
+    format!("POST /apis/events.k8s.io/v1{NS}/events?")
+}
+
+fn status_of(seen: &[Seen]) -> EventStreamStatus {
+    let patch = seen
+        .iter()
+        .find(|s| s.method == "PATCH" && s.uri.contains("/status"))
+        .expect("a status patch");
+    assert_eq!(patch.body["apiVersion"], "eventstream.dev/v1alpha1");
+    assert_eq!(patch.body["kind"], "EventStream");
+    serde_json::from_value(patch.body["status"].clone()).expect("status parses")
+}
+
+fn condition<'a>(
+    status: &'a EventStreamStatus,
+    type_: &str,
+) -> &'a k8s_openapi::apimachinery::pkg::apis::meta::v1::Condition {
+    status
+        .conditions
+        .iter()
+        .find(|c| c.type_ == type_)
+        .expect("condition present")
+}
+
+fn event_reasons(seen: &[Seen]) -> Vec<String> {
+    seen.iter()
+        .filter(|s| s.uri.contains("/events.k8s.io/"))
+        .map(|s| s.body["reason"].as_str().unwrap_or_default().to_string())
+        .collect()
+}
+
+async fn run(
+    es: EventStream,
+    kafka: Arc<dyn KafkaAdmin>,
+    secrets: Secrets,
+) -> (Result<Action, String>, Vec<Seen>) {
+    let (client, server) = api_server(secrets, Some(es.clone()));
+    let ctx = context(client, kafka, std::slice::from_ref(&es));
+    let result = reconcile(Arc::new(es), ctx.clone())
+        .await
+        .map_err(|e| e.to_string());
+    drop(ctx);
+    (result, server.finish().await)
+}
+
+fn create_sequence() -> Vec<String> {
+    vec![
+        events(), // TopicCreated
+        format!("GET /api/v1{NS}/secrets/telemetry-db"),
+        format!("PATCH /api/v1{NS}/configmaps/telemetry-config{SSA}"),
+        format!("PATCH /api/v1{NS}/services/telemetry-bridge{SSA}"),
+        format!("PATCH /apis/apps/v1{NS}/deployments/telemetry-bridge{SSA}"),
+        format!("PATCH /apis/policy/v1{NS}/poddisruptionbudgets/telemetry-bridge{SSA}"),
+        format!("PATCH /apis/apps/v1{NS}/deployments/telemetry-sink{SSA}"),
+        events(), // Created
+        format!("PATCH {}{SSA}", es_path("/status")),
+    ]
+}
+
+#[tokio::test]
+async fn a_new_stream_first_gets_the_finalizer() {
+    let kafka = Arc::new(FakeKafka::default());
+    let (result, seen) = run(telemetry(), kafka.clone(), db_secret()).await;
+    assert_eq!(result, Ok(Action::await_change()));
+    let lines: Vec<String> = seen.iter().map(Seen::line).collect();
+    assert_eq!(lines, vec![format!("PATCH {}?", es_path(""))]);
+    assert_eq!(
+        seen[0].body,
+        json!([{"op": "test", "path": "/metadata/finalizers", "value": null},
+               {"op": "add", "path": "/metadata/finalizers", "value": ["eventstream.dev/cleanup"]}])
+    );
+    assert!(
+        kafka.calls.lock().is_empty(),
+        "nothing happens before the finalizer is in place"
+    );
+}
+
+#[tokio::test]
+async fn create_applies_topic_children_and_status_in_order() {
+    let kafka = Arc::new(FakeKafka::default());
+    *kafka.lag.lock() = Some(42);
+    let (result, seen) = run(finalized(telemetry()), kafka.clone(), db_secret()).await;
+    assert_eq!(
+        result,
+        Ok(Action::requeue(Duration::from_secs(300))),
+        "periodic drift check"
+    );
+    let lines: Vec<String> = seen.iter().map(Seen::line).collect();
+    assert_eq!(lines, create_sequence());
+    assert_eq!(event_reasons(&seen), vec!["TopicCreated", "Created"]);
+    assert_eq!(
+        *kafka.calls.lock(),
+        vec![
+            "describe racing.telemetry",
+            "create racing.telemetry",
+            "describe racing.telemetry",
+            "lag eventstream.racing.telemetry.sink"
+        ]
+    );
+    // The database URL never appears in anything the operator writes.
+    for s in &seen {
+        assert!(!s.body.to_string().contains("postgres://"), "{}", s.line());
+    }
+    // Pod templates carry the config hash; children carry the owner reference.
+    let bridge = &seen[4].body;
+    assert!(
+        bridge["spec"]["template"]["metadata"]["annotations"]["eventstream.dev/config-hash"]
+            .is_string()
+    );
+    assert_eq!(
+        bridge["metadata"]["ownerReferences"][0]["uid"],
+        "11111111-0000-4000-8000-000000000001"
+    );
+
+    let status = status_of(&seen);
+    assert_eq!(status.observed_generation, Some(1));
+    for t in ["TopicReady", "BridgeReady", "SinkReady", "Ready"] {
+        assert_eq!(
+            condition(&status, t).status,
+            "True",
+            "{t}: {:?}",
+            condition(&status, t)
+        );
+    }
+    assert_eq!(condition(&status, "TopicReady").reason, "TopicCreated");
+    let topic = status.topic.as_ref().expect("topic status");
+    assert_eq!(
+        (topic.partitions, topic.replication_factor),
+        (Some(10), Some(1))
+    );
+    assert_eq!(topic.config["retention.ms"], "604800000");
+    assert_eq!(topic.config["compression.type"], "lz4");
+    let endpoints = status.endpoints.as_ref().expect("endpoints");
+    assert_eq!(
+        endpoints.websocket.as_deref(),
+        Some("ws://telemetry-bridge.racing.svc:8080/ws")
+    );
+    assert_eq!(
+        endpoints.ingest.as_deref(),
+        Some("http://telemetry-bridge.racing.svc:8080/produce")
+    );
+    let sink = status.sink.as_ref().expect("sink status");
+    assert_eq!((sink.lag, sink.ready_replicas), (Some(42), 1));
+    assert_eq!(status.bridge.as_ref().map(|b| b.ready_replicas), Some(2));
+}
+
+#[tokio::test]
+async fn steady_state_writes_no_status_and_no_events() {
+    let kafka = Arc::new(FakeKafka::default());
+    let (_, seen) = run(finalized(telemetry()), kafka.clone(), db_secret()).await;
+    // Second pass: TopicReady's reason moves from TopicCreated to TopicInSync (one write).
+    let mut es = finalized(telemetry());
+    es.status = Some(status_of(&seen));
+    let (_, seen) = run(es, kafka.clone(), db_secret()).await;
+    assert_eq!(
+        condition(&status_of(&seen), "TopicReady").reason,
+        "TopicInSync"
+    );
+    // Third pass: nothing changed anywhere.
+    let mut es = finalized(telemetry());
+    es.status = Some(status_of(&seen));
+    let (result, seen) = run(es, kafka.clone(), db_secret()).await;
+    assert_eq!(result, Ok(Action::requeue(Duration::from_secs(300))));
+    let lines: Vec<String> = seen.iter().map(Seen::line).collect();
+    assert_eq!(
+        lines,
+        vec![
+            format!("GET /api/v1{NS}/secrets/telemetry-db"),
+            format!("PATCH /api/v1{NS}/configmaps/telemetry-config{SSA}"),
+            format!("PATCH /api/v1{NS}/services/telemetry-bridge{SSA}"),
+            format!("PATCH /apis/apps/v1{NS}/deployments/telemetry-bridge{SSA}"),
+            format!("PATCH /apis/policy/v1{NS}/poddisruptionbudgets/telemetry-bridge{SSA}"),
+            format!("PATCH /apis/apps/v1{NS}/deployments/telemetry-sink{SSA}"),
+        ],
+        "no status write (it did not change) and no events"
+    );
+}
+
+#[tokio::test]
+async fn update_corrects_topic_drift_removes_the_pdb_and_patches_status() {
+    let kafka = Arc::new(FakeKafka::default());
+    let (_, seen) = run(finalized(telemetry()), kafka.clone(), db_secret()).await;
+    let first = status_of(&seen);
+    // Someone changed the retention by hand; the user lowered the bridge to one replica.
+    kafka
+        .topics
+        .lock()
+        .get_mut("racing.telemetry")
+        .unwrap()
+        .configs
+        .insert("retention.ms".into(), "1000".into());
+    let mut es = finalized(telemetry());
+    es.metadata.generation = Some(2);
+    es.spec.bridge.replicas = 1;
+    es.status = Some(first.clone());
+    let (result, seen) = run(es, kafka.clone(), db_secret()).await;
+    assert_eq!(result, Ok(Action::requeue(Duration::from_secs(300))));
+    let lines: Vec<String> = seen.iter().map(Seen::line).collect();
+    assert_eq!(
+        lines,
+        vec![
+            events(), // TopicConfigCorrected
+            format!("GET /api/v1{NS}/secrets/telemetry-db"),
+            format!("PATCH /api/v1{NS}/configmaps/telemetry-config{SSA}"),
+            format!("PATCH /api/v1{NS}/services/telemetry-bridge{SSA}"),
+            format!("PATCH /apis/apps/v1{NS}/deployments/telemetry-bridge{SSA}"),
+            format!("DELETE /apis/policy/v1{NS}/poddisruptionbudgets/telemetry-bridge?"),
+            format!("PATCH /apis/apps/v1{NS}/deployments/telemetry-sink{SSA}"),
+            events(), // Updated
+            format!("PATCH {}{SSA}", es_path("/status")),
+        ]
+    );
+    assert_eq!(
+        event_reasons(&seen),
+        vec!["TopicConfigCorrected", "Updated"]
+    );
+    let note = seen[0].body["note"].as_str().unwrap();
+    assert!(note.contains("retention.ms: 1000 → 604800000"), "{note}");
+    assert_eq!(
+        kafka.topics.lock()["racing.telemetry"].configs["retention.ms"],
+        "604800000"
+    );
+    let status = status_of(&seen);
+    assert_eq!(status.observed_generation, Some(2));
+    let (before, after) = (condition(&first, "Ready"), condition(&status, "Ready"));
+    assert_eq!(
+        before.last_transition_time, after.last_transition_time,
+        "no transition, same time"
+    );
+    assert_eq!(condition(&status, "TopicReady").reason, "TopicInSync");
+}
+
+#[tokio::test]
+async fn deletion_with_delete_policy_deletes_topic_and_group_then_the_finalizer() {
+    let kafka = Arc::new(FakeKafka::default());
+    let mut es = deleting(finalized(telemetry()));
+    es.spec.topic.deletion_policy = eventstream_crds::v1alpha1::DeletionPolicy::Delete;
+    let (result, seen) = run(es, kafka.clone(), db_secret()).await;
+    assert_eq!(result, Ok(Action::await_change()));
+    assert_eq!(
+        *kafka.calls.lock(),
+        vec![
+            "delete-topic racing.telemetry",
+            "delete-group eventstream.racing.telemetry.sink"
+        ]
+    );
+    let lines: Vec<String> = seen.iter().map(Seen::line).collect();
+    assert_eq!(lines, vec![events(), format!("PATCH {}?", es_path(""))]);
+    assert_eq!(event_reasons(&seen), vec!["CleanedUp"]);
+    assert_eq!(
+        seen[1].body,
+        json!([{"op": "test", "path": "/metadata/finalizers/0", "value": "eventstream.dev/cleanup"},
+               {"op": "remove", "path": "/metadata/finalizers/0"}])
+    );
+}
+
+#[tokio::test]
+async fn deletion_with_retain_policy_keeps_the_topic() {
+    let kafka = Arc::new(FakeKafka::default());
+    let (result, seen) = run(deleting(finalized(telemetry())), kafka.clone(), db_secret()).await;
+    assert_eq!(result, Ok(Action::await_change()));
+    assert_eq!(
+        *kafka.calls.lock(),
+        vec!["delete-group eventstream.racing.telemetry.sink"]
+    );
+    assert!(
+        seen[0].body["note"]
+            .as_str()
+            .unwrap()
+            .contains("kept topic racing.telemetry")
+    );
+    assert_eq!(seen.len(), 2, "event, finalizer removal");
+}
+
+#[tokio::test]
+async fn kafka_unreachable_during_deletion_keeps_the_finalizer_and_backs_off() {
+    let kafka = Arc::new(FakeKafka::default());
+    *kafka.unreachable.lock() = true;
+    let es = deleting(finalized(telemetry()));
+    let (client, server) = api_server(db_secret(), Some(es.clone()));
+    let ctx = context(client, kafka.clone(), std::slice::from_ref(&es));
+    let es = Arc::new(es);
+    let mut delays = Vec::new();
+    for _ in 0..4 {
+        let err = reconcile(es.clone(), ctx.clone())
+            .await
+            .expect_err("cleanup fails");
+        assert!(err.to_string().contains("unreachable"), "{err}");
+        delays.push(error_policy(es.clone(), &err, ctx.clone()));
+    }
+    assert_eq!(
+        delays,
+        [5, 10, 20, 40]
+            .map(|s| Action::requeue(Duration::from_secs(s)))
+            .to_vec(),
+        "exponential per-object backoff, never a hot loop"
+    );
+    assert_eq!(
+        ctx.metrics
+            .reconcile_errors
+            .with_label_values(&["kafka_unreachable"])
+            .get(),
+        4.0
+    );
+    drop(ctx);
+    let seen = server.finish().await;
+    assert!(
+        seen.iter().all(|s| !s.uri.contains("/eventstreams/")),
+        "finalizer never removed"
+    );
+    assert_eq!(event_reasons(&seen)[0], "CleanupFailed");
+}
+
+#[tokio::test]
+async fn kafka_unreachable_sets_topic_not_ready_and_backs_off() {
+    let kafka = Arc::new(FakeKafka::default());
+    *kafka.unreachable.lock() = true;
+    let es = finalized(telemetry());
+    let (client, server) = api_server(db_secret(), Some(es.clone()));
+    let ctx = context(client, kafka.clone(), std::slice::from_ref(&es));
+    let first = reconcile(Arc::new(es.clone()), ctx.clone())
+        .await
+        .expect("handled, not fatal");
+    assert_eq!(first, Action::requeue(Duration::from_secs(5)));
+    let status = status_of(&server.log.lock());
+    let topic = condition(&status, "TopicReady");
+    assert_eq!(
+        (topic.status.as_str(), topic.reason.as_str()),
+        ("False", "KafkaUnreachable")
+    );
+    assert!(
+        topic.message.contains("Broker transport failure"),
+        "{}",
+        topic.message
+    );
+    assert_eq!(condition(&status, "Ready").reason, "KafkaUnreachable");
+    // The workloads are still applied: they do not need the operator to reach Kafka.
+    assert!(
+        server
+            .lines()
+            .iter()
+            .any(|l| l.contains("deployments/telemetry-bridge"))
+    );
+
+    // Next attempt, with the status as written: longer delay, no second status write.
+    let mut again = es.clone();
+    again.status = Some(status);
+    let writes_before = server
+        .lines()
+        .iter()
+        .filter(|l| l.contains("/status"))
+        .count();
+    let second = reconcile(Arc::new(again), ctx.clone())
+        .await
+        .expect("handled");
+    assert_eq!(second, Action::requeue(Duration::from_secs(10)));
+    let writes_after = server
+        .lines()
+        .iter()
+        .filter(|l| l.contains("/status"))
+        .count();
+    assert_eq!(
+        writes_before, writes_after,
+        "identical status is not rewritten"
+    );
+    assert_eq!(
+        ctx.metrics
+            .kafka_admin_errors
+            .with_label_values(&["unreachable"])
+            .get(),
+        2.0
+    );
+    drop(ctx);
+    server.finish().await;
+}
+
+#[tokio::test]
+async fn a_missing_secret_is_reported_and_waits_for_the_user() {
+    let kafka = Arc::new(FakeKafka::default());
+    let (result, seen) = run(finalized(telemetry()), kafka, Secrets::new()).await;
+    assert_eq!(result, Ok(Action::requeue(Duration::from_secs(300))));
+    let status = status_of(&seen);
+    let sink = condition(&status, "SinkReady");
+    assert_eq!(
+        (sink.status.as_str(), sink.reason.as_str()),
+        ("False", "SecretNotFound")
+    );
+    assert_eq!(
+        sink.message,
+        "Secret racing/telemetry-db (referenced by spec.persistence.postgres.urlSecretRef) does not exist: create it"
+    );
+    assert_eq!(condition(&status, "Ready").reason, "SecretNotFound");
+    assert!(event_reasons(&seen).contains(&"SecretNotFound".to_string()));
+}
+
+#[tokio::test]
+async fn the_newer_of_two_streams_on_one_topic_is_refused() {
+    let kafka = Arc::new(FakeKafka::default());
+    let owner = finalized(telemetry());
+    let mut newer = finalized(telemetry());
+    newer.metadata.name = Some("telemetry-copy".into());
+    newer.metadata.uid = Some("22222222-0000-4000-8000-000000000002".into());
+    newer.metadata.creation_timestamp = Some(k8s_openapi::apimachinery::pkg::apis::meta::v1::Time(
+        fixed_now(),
+    ));
+    newer.spec.topic.name = Some("racing.telemetry".into());
+    let (client, server) = api_server(db_secret(), Some(newer.clone()));
+    let ctx = context(client, kafka.clone(), &[owner, newer.clone()]);
+    let result = reconcile(Arc::new(newer), ctx.clone())
+        .await
+        .expect("handled");
+    assert_eq!(result, Action::requeue(Duration::from_secs(300)));
+    drop(ctx);
+    let seen = server.finish().await;
+    let status = status_of(&seen);
+    let topic = condition(&status, "TopicReady");
+    assert_eq!(topic.reason, "TopicClaimedByOther");
+    assert!(
+        topic.message.contains("racing/telemetry"),
+        "{}",
+        topic.message
+    );
+    assert!(
+        !kafka
+            .calls
+            .lock()
+            .iter()
+            .any(|c| c.starts_with("create") || c.starts_with("describe"))
+    );
+}
+
+#[tokio::test]
+async fn a_spec_that_cannot_be_built_only_gets_a_status_and_an_event() {
+    let kafka = Arc::new(FakeKafka::default());
+    let mut es = finalized(telemetry());
+    es.spec.websocket.ping_interval = "1m".into();
+    es.spec.websocket.idle_timeout = "30s".into();
+    let (result, seen) = run(es, kafka.clone(), db_secret()).await;
+    assert_eq!(result, Ok(Action::requeue(Duration::from_secs(300))));
+    let lines: Vec<String> = seen.iter().map(Seen::line).collect();
+    assert_eq!(
+        lines,
+        vec![events(), format!("PATCH {}{SSA}", es_path("/status"))]
+    );
+    let status = status_of(&seen);
+    let ready = condition(&status, "Ready");
+    assert_eq!(ready.reason, "InvalidSpec");
+    assert!(
+        ready.message.contains("websocket.idleTimeout"),
+        "{}",
+        ready.message
+    );
+    assert!(kafka.calls.lock().is_empty());
+}
+
+#[tokio::test]
+async fn offset_reset_scales_the_sink_to_zero_resets_and_removes_the_annotation() {
+    let kafka = Arc::new(FakeKafka::default());
+    let mut es = finalized(telemetry());
+    es.metadata.annotations = Some(
+        [(
+            "eventstream.dev/reset-sink-offsets".to_string(),
+            "earliest".to_string(),
+        )]
+        .into(),
+    );
+    let (result, seen) = run(es, kafka.clone(), db_secret()).await;
+    assert_eq!(
+        result,
+        Ok(Action::requeue(Duration::from_secs(5))),
+        "come back to scale up"
+    );
+    let sink = seen
+        .iter()
+        .find(|s| s.uri.contains("deployments/telemetry-sink"))
+        .unwrap();
+    assert_eq!(sink.body["spec"]["replicas"], 0);
+    assert!(
+        kafka
+            .calls
+            .lock()
+            .contains(&"reset eventstream.racing.telemetry.sink Earliest".to_string())
+    );
+    let merge = seen
+        .iter()
+        .find(|s| s.method == "PATCH" && s.uri == format!("{}?", es_path("")))
+        .expect("annotation patch");
+    assert_eq!(
+        merge.body,
+        json!({"metadata": {"annotations": {"eventstream.dev/reset-sink-offsets": Value::Null}}})
+    );
+    assert!(event_reasons(&seen).contains(&"SinkOffsetsReset".to_string()));
+}
+
+/// Mocked API, real Kafka: the broker's refusal of CreatePartitions (tansu has none) becomes
+/// `TopicReady=False` with a clear reason, and the stream waits instead of looping.
+#[tokio::test]
+async fn partition_raise_refused_by_tansu_becomes_a_condition() {
+    let broker = eventstream_testkit::TansuBroker::start().expect("tansu");
+    let kafka: Arc<dyn KafkaAdmin> = Arc::new(RdKafkaAdmin::new(Duration::from_secs(5)));
+    let mut es = finalized(telemetry());
+    es.spec.kafka.bootstrap_servers = Some(broker.bootstrap());
+    es.spec.topic.partitions = 3;
+    let (result, seen) = run(es.clone(), kafka.clone(), db_secret()).await;
+    assert_eq!(result, Ok(Action::requeue(Duration::from_secs(300))));
+    assert_eq!(
+        condition(&status_of(&seen), "TopicReady").reason,
+        "TopicCreated"
+    );
+
+    es.spec.topic.partitions = 5;
+    es.metadata.generation = Some(2);
+    es.status = Some(status_of(&seen));
+    let (result, seen) = run(es, kafka.clone(), db_secret()).await;
+    assert_eq!(
+        result,
+        Ok(Action::requeue(Duration::from_secs(300))),
+        "waits, no hot loop"
+    );
+    let status = status_of(&seen);
+    let topic = condition(&status, "TopicReady");
+    assert_eq!(
+        (topic.status.as_str(), topic.reason.as_str()),
+        ("False", "PartitionIncreaseFailed")
+    );
+    assert!(
+        topic.message.contains("from 3 to 5 partitions"),
+        "{}",
+        topic.message
+    );
+    assert_eq!(
+        status.topic.as_ref().and_then(|t| t.partitions),
+        Some(3),
+        "status shows the broker's truth"
+    );
+}
+
+/// Mocked API, real Kafka: `Delete` removes the topic, `Retain` keeps it.
+#[tokio::test]
+async fn deletion_policies_against_tansu() {
+    let broker = eventstream_testkit::TansuBroker::start().expect("tansu");
+    let kafka: Arc<dyn KafkaAdmin> = Arc::new(RdKafkaAdmin::new(Duration::from_secs(5)));
+    let conn = KafkaConnection::plaintext(broker.bootstrap());
+    for (policy, survives) in [
+        (eventstream_crds::v1alpha1::DeletionPolicy::Retain, true),
+        (eventstream_crds::v1alpha1::DeletionPolicy::Delete, false),
+    ] {
+        let mut es = finalized(telemetry());
+        es.spec.kafka.bootstrap_servers = Some(broker.bootstrap());
+        es.spec.topic.partitions = 1;
+        es.spec.topic.deletion_policy = policy;
+        let (result, _) = run(es.clone(), kafka.clone(), db_secret()).await;
+        assert!(result.is_ok());
+        assert!(
+            kafka
+                .describe(&conn, "racing.telemetry")
+                .await
+                .unwrap()
+                .topic
+                .is_some()
+        );
+        let (result, seen) = run(deleting(es), kafka.clone(), db_secret()).await;
+        assert_eq!(result, Ok(Action::await_change()), "{policy:?}");
+        assert!(
+            seen.last().unwrap().line().starts_with("PATCH"),
+            "finalizer removed"
+        );
+        let mut exists = true;
+        for _ in 0..50 {
+            exists = kafka
+                .describe(&conn, "racing.telemetry")
+                .await
+                .unwrap()
+                .topic
+                .is_some();
+            if exists == survives {
+                break;
+            }
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        }
+        assert_eq!(exists, survives, "{policy:?}");
+    }
+}
