@@ -41,6 +41,21 @@ fn rss_kib(pid: u32) -> u64 {
         .unwrap_or(0)
 }
 
+/// CPU seconds (user + system) a process has used, from /proc (100 ticks per second).
+fn cpu_seconds(pid: u32) -> f64 {
+    std::fs::read_to_string(format!("/proc/{pid}/stat"))
+        .ok()
+        .and_then(|s| {
+            // Fields after the command name (which may contain spaces) start after ')'.
+            let rest = s.rsplit_once(')')?.1;
+            let fields: Vec<&str> = rest.split_whitespace().collect();
+            let utime: f64 = fields.get(11)?.parse().ok()?;
+            let stime: f64 = fields.get(12)?.parse().ok()?;
+            Some((utime + stime) / 100.0)
+        })
+        .unwrap_or(0.0)
+}
+
 fn arg(name: &str) -> Option<String> {
     let args: Vec<String> = std::env::args().collect();
     args.iter()
@@ -57,6 +72,56 @@ fn main() -> Result<()> {
 
 // ---------- clients (child process) ----------
 
+/// Latency histogram shared by every client task: 50 µs buckets up to 2 s, then one overflow
+/// bucket. Lock-free, so recording costs one atomic add.
+struct Histogram {
+    buckets: Vec<AtomicU64>,
+}
+
+const BUCKET_US: u64 = 50;
+const BUCKETS: usize = 40_000;
+
+impl Histogram {
+    fn new() -> Self {
+        Self {
+            buckets: (0..=BUCKETS).map(|_| AtomicU64::new(0)).collect(),
+        }
+    }
+
+    fn record(&self, micros: u64) {
+        let i = ((micros / BUCKET_US) as usize).min(BUCKETS);
+        self.buckets[i].fetch_add(1, Ordering::Relaxed);
+    }
+
+    fn clear(&self) {
+        for b in &self.buckets {
+            b.store(0, Ordering::Relaxed);
+        }
+    }
+
+    /// The upper bound (µs) of the bucket holding quantile `q`.
+    fn percentile(&self, q: f64) -> u64 {
+        let counts: Vec<u64> = self
+            .buckets
+            .iter()
+            .map(|b| b.load(Ordering::Relaxed))
+            .collect();
+        let total: u64 = counts.iter().sum();
+        if total == 0 {
+            return 0;
+        }
+        let rank = ((total as f64) * q).ceil().max(1.0) as u64;
+        let mut seen = 0;
+        for (i, c) in counts.iter().enumerate() {
+            seen += c;
+            if seen >= rank {
+                return (i as u64 + 1) * BUCKET_US;
+            }
+        }
+        BUCKETS as u64 * BUCKET_US
+    }
+}
+
 fn clients_main() -> Result<()> {
     let url = arg("--url").context("--url")?;
     let n: usize = arg("--clients").context("--clients")?.parse()?;
@@ -67,7 +132,7 @@ fn clients_main() -> Result<()> {
     rt.block_on(async move {
         let received = Arc::new(AtomicU64::new(0));
         let counting = Arc::new(std::sync::atomic::AtomicBool::new(false));
-        let samples: Arc<parking_lot::Mutex<Vec<u32>>> = Default::default();
+        let histogram = Arc::new(Histogram::new());
         let mut tasks = Vec::with_capacity(n);
         for i in 0..n {
             let (mut ws, _) = tokio_tungstenite::connect_async(url.as_str())
@@ -79,9 +144,8 @@ fn clients_main() -> Result<()> {
             .await?;
             let received = received.clone();
             let counting = counting.clone();
-            let samples = samples.clone();
+            let histogram = histogram.clone();
             tasks.push(tokio::spawn(async move {
-                let mut local: Vec<u32> = Vec::new();
                 while let Some(Ok(msg)) = ws.next().await {
                     let Message::Text(text) = msg else { continue };
                     let Some(pos) = text.find(r#""t":"#) else {
@@ -96,13 +160,9 @@ fn clients_main() -> Result<()> {
                         .collect();
                     if let Ok(t) = digits.parse::<u64>() {
                         received.fetch_add(1, Ordering::Relaxed);
-                        local.push(now_micros().saturating_sub(t).min(u32::MAX as u64) as u32);
-                        if local.len() >= 4096 {
-                            samples.lock().extend(local.drain(..));
-                        }
+                        histogram.record(now_micros().saturating_sub(t));
                     }
                 }
-                samples.lock().extend(local);
             }));
         }
         println!("connected");
@@ -112,25 +172,18 @@ fn clients_main() -> Result<()> {
             let line = line?;
             match line.trim() {
                 "start" => {
-                    samples.lock().clear();
+                    histogram.clear();
                     received.store(0, Ordering::Relaxed);
                     counting.store(true, Ordering::Relaxed);
                 }
                 "stop" => {
                     counting.store(false, Ordering::Relaxed);
                     tokio::time::sleep(Duration::from_millis(200)).await;
-                    let mut all = std::mem::take(&mut *samples.lock());
-                    all.sort_unstable();
-                    let pct = |q: f64| {
-                        all.get(((all.len() as f64 - 1.0) * q) as usize)
-                            .copied()
-                            .unwrap_or(0)
-                    };
                     println!(
                         "{} {} {}",
                         received.load(Ordering::Relaxed),
-                        pct(0.50),
-                        pct(0.99)
+                        histogram.percentile(0.50),
+                        histogram.percentile(0.99)
                     );
                     std::io::stdout().flush()?;
                 }
@@ -153,6 +206,10 @@ struct Row {
     p50_ms: f64,
     p99_ms: f64,
     rss_per_conn_kib: f64,
+    bridge_cpu: f64,
+    clients_cpu: f64,
+    write_p50: f64,
+    write_p99: f64,
     expected_per_s: f64,
     delivered_pct: f64,
 }
@@ -163,7 +220,7 @@ fn bench_main() -> Result<()> {
         .transpose()?
         .unwrap_or(10);
     let scenarios: Vec<(usize, u64)> = arg("--scenarios")
-        .unwrap_or_else(|| "1000x500,10000x50,19000x25".into())
+        .unwrap_or_else(|| "19000x13,10000x25,10000x50,1000x500,1000x2000".into())
         .split(',')
         .map(|s| {
             let (c, r) = s.split_once('x').context("scenario is CLIENTSxRATE")?;
@@ -187,14 +244,15 @@ fn bench_main() -> Result<()> {
              websocket: {{ maxConnections: 100000, queueMessages: 1024 }}\n"
         ))?;
         let shutdown = tokio_util::sync::CancellationToken::new();
-        let running = eventstream_dataplane::bridge::start(config, prometheus::Registry::new(), shutdown.clone()).await?;
+        let registry = prometheus::Registry::new();
+        let running = eventstream_dataplane::bridge::start(config, registry.clone(), shutdown.clone()).await?;
         let url = format!("ws://{}/ws", running.local_addr);
         let producer: FutureProducer = eventstream_testkit::kafka::producer_config(&bootstrap)
             .set("linger.ms", "1")
             .create()?;
         let mut rows = Vec::new();
         for (clients, rate) in &scenarios {
-            rows.push(scenario(&url, *clients, *rate, seconds, &producer).await?);
+            rows.push(scenario(&url, *clients, *rate, seconds, &producer, &registry).await?);
         }
         shutdown.cancel();
         let _ = tokio::time::timeout(Duration::from_secs(10), running.task).await;
@@ -202,12 +260,19 @@ fn bench_main() -> Result<()> {
     })?;
     println!();
     println!(
-        "| clients | msgs/s produced | deliveries/s offered | deliveries/s measured | delivered | e2e p50 | e2e p99 | bridge RSS per connection |"
+        "| clients | msgs/s produced | deliveries/s offered | deliveries/s measured | delivered | e2e p50 | e2e p99 | bridge RSS per idle connection | bridge+broker CPU | clients CPU | bridge Kafka→write p50 / p99 |"
     );
-    println!("|---:|---:|---:|---:|---:|---:|---:|---:|");
-    for r in rows {
+    println!("|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|");
+    for (i, r) in rows.into_iter().enumerate() {
+        // RSS per connection is only meaningful in a fresh process: later scenarios reuse memory
+        // the allocator kept from earlier ones.
+        let rss = if i == 0 {
+            format!("{:.1} KiB", r.rss_per_conn_kib)
+        } else {
+            "–".to_string()
+        };
         println!(
-            "| {} | {} | {:.0} | {:.0} | {:.2}% | {:.1} ms | {:.1} ms | {:.1} KiB |",
+            "| {} | {} | {:.0} | {:.0} | {:.2}% | {:.1} ms | {:.1} ms | {} | {:.2} cores | {:.2} cores | ≤{} / ≤{} ms |",
             r.clients,
             r.rate,
             r.expected_per_s,
@@ -215,7 +280,11 @@ fn bench_main() -> Result<()> {
             r.delivered_pct,
             r.p50_ms,
             r.p99_ms,
-            r.rss_per_conn_kib
+            rss,
+            r.bridge_cpu,
+            r.clients_cpu,
+            r.write_p50,
+            r.write_p99
         );
     }
     println!(
@@ -224,12 +293,45 @@ fn bench_main() -> Result<()> {
     Ok(())
 }
 
+/// Cumulative buckets of the bridge's own latency histogram (Kafka timestamp → socket write).
+fn bridge_buckets(registry: &prometheus::Registry) -> Vec<(f64, u64)> {
+    let mut out = Vec::new();
+    for family in registry.gather() {
+        if family.name() != "eventstream_delivery_latency_seconds" {
+            continue;
+        }
+        for metric in family.get_metric() {
+            for b in metric.get_histogram().get_bucket() {
+                out.push((b.upper_bound(), b.cumulative_count()));
+            }
+        }
+    }
+    out
+}
+
+/// Quantile `q` of the difference of two cumulative bucket snapshots, as a bucket bound in ms.
+fn bucket_quantile(before: &[(f64, u64)], after: &[(f64, u64)], q: f64) -> f64 {
+    let total = after.last().map(|b| b.1).unwrap_or(0) - before.last().map(|b| b.1).unwrap_or(0);
+    if total == 0 {
+        return 0.0;
+    }
+    let rank = (total as f64 * q).ceil() as u64;
+    for (i, (le, count)) in after.iter().enumerate() {
+        let base = before.get(i).map(|b| b.1).unwrap_or(0);
+        if count - base >= rank {
+            return le * 1000.0;
+        }
+    }
+    f64::INFINITY
+}
+
 async fn scenario(
     url: &str,
     clients: usize,
     rate: u64,
     seconds: u64,
     producer: &FutureProducer,
+    registry: &prometheus::Registry,
 ) -> Result<Row> {
     let pid = std::process::id();
     let before = rss_kib(pid);
@@ -262,6 +364,9 @@ async fn scenario(
     let after = rss_kib(pid);
     let rss_per_conn = after.saturating_sub(before) as f64 / clients as f64;
 
+    let child_pid = child.id();
+    let (bridge_cpu0, clients_cpu0) = (cpu_seconds(pid), cpu_seconds(child_pid));
+    let buckets_before = bridge_buckets(registry);
     writeln!(stdin, "start")?;
     let started = Instant::now();
     let interval = Duration::from_secs_f64(1.0 / rate as f64);
@@ -281,6 +386,11 @@ async fn scenario(
     producer.flush(Duration::from_secs(10))?;
     tokio::time::sleep(Duration::from_millis(500)).await;
     let elapsed = started.elapsed().as_secs_f64();
+    let bridge_cpu = (cpu_seconds(pid) - bridge_cpu0) / elapsed;
+    let buckets_after = bridge_buckets(registry);
+    let write_p50 = bucket_quantile(&buckets_before, &buckets_after, 0.50);
+    let write_p99 = bucket_quantile(&buckets_before, &buckets_after, 0.99);
+    let clients_cpu = (cpu_seconds(child_pid) - clients_cpu0) / elapsed;
     writeln!(stdin, "stop")?;
     tokio::task::block_in_place(|| read_line(&mut out, &mut line))?;
     let mut parts = line
@@ -303,6 +413,10 @@ async fn scenario(
         p50_ms: p50 / 1000.0,
         p99_ms: p99 / 1000.0,
         rss_per_conn_kib: rss_per_conn,
+        bridge_cpu,
+        clients_cpu,
+        write_p50,
+        write_p99,
         expected_per_s: (rate * clients as u64) as f64,
     })
 }

@@ -657,3 +657,76 @@ async fn sse_streams_events_and_resumes_from_last_event_id() {
     assert_eq!(missing.status(), 400);
     bridge.stop().await;
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn connection_limit_answers_503_before_upgrade_and_health_reports_clients() {
+    let (_kafka, bootstrap) = kafka(2);
+    let bridge = Bridge::start(config(&bootstrap, "t", "maxConnections: 2")).await;
+    let mut a = connect(&bridge.url("/ws"), None).await;
+    let _b = connect(&bridge.url("/ws"), None).await;
+    match tokio_tungstenite::connect_async(bridge.url("/ws")).await {
+        Err(tokio_tungstenite::tungstenite::Error::Http(resp)) => {
+            assert_eq!(resp.status().as_u16(), 503);
+            assert!(resp.headers().contains_key("retry-after"));
+        }
+        other => panic!("third connection must be refused, got {other:?}"),
+    }
+    subscribe(&mut a, "a").await;
+    let http = reqwest::Client::new();
+    let health: Value = http
+        .get(format!("http://{}/health", bridge.addr))
+        .send()
+        .await
+        .expect("health")
+        .json()
+        .await
+        .expect("json");
+    assert_eq!(health["status"], "healthy", "{health}");
+    assert_eq!(health["connected_clients"], 2);
+    assert_eq!(health["subscriptions"], 1);
+    assert_eq!(health["kafka"]["partitions"], 2);
+    let ready = http
+        .get(format!("http://{}/readyz", bridge.addr))
+        .send()
+        .await
+        .expect("readyz");
+    assert_eq!(ready.status(), 200);
+    // A slot is released when a client leaves.
+    drop(a);
+    eventually("slot released", || {
+        bridge.metric("eventstream_ws_connections") <= 1.0
+    })
+    .await;
+    let again = tokio_tungstenite::connect_async(bridge.url("/ws")).await;
+    assert!(again.is_ok(), "a freed slot admits a new client");
+    assert!(bridge.metric("eventstream_ws_connections_rejected_total") >= 1.0);
+    bridge.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_silent_client_is_closed_after_the_idle_timeout_and_a_live_one_is_not() {
+    let (_kafka, bootstrap) = kafka(1);
+    let bridge = Bridge::start(config(
+        &bootstrap,
+        "t",
+        "pingInterval: 200ms, idleTimeout: 700ms",
+    ))
+    .await;
+    let mut silent = connect(&bridge.url("/ws"), None).await;
+    let mut live = connect(&bridge.url("/ws"), None).await;
+    subscribe(&mut live, "*").await;
+    // The live client keeps reading (its library answers pings); the silent one reads nothing.
+    let deadline = tokio::time::Instant::now() + Duration::from_millis(1500);
+    while tokio::time::Instant::now() < deadline {
+        send(&mut live, json!({"type": "ping"})).await;
+        assert_eq!(next_json(&mut live).await["type"], "pong");
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    assert_eq!(
+        close_code(&mut silent).await,
+        Some(CloseCode::Library(4000))
+    );
+    produce_keyed(&bootstrap, 0, 3).await;
+    assert_eq!(events(&mut live, 3).await.len(), 3);
+    bridge.stop().await;
+}

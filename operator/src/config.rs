@@ -6,7 +6,10 @@ use std::time::Duration;
 use eventstream_crds::render::RenderDefaults;
 
 /// Default image of the dataplane pods when neither the flag nor the spec names one.
-pub const DEFAULT_DATAPLANE_IMAGE: &str = "ghcr.io/eventstream-dev/eventstream-dataplane:latest";
+pub const DEFAULT_DATAPLANE_IMAGE: &str = concat!(
+    "ghcr.io/eventstream-dev/eventstream:",
+    env!("CARGO_PKG_VERSION")
+);
 
 /// Settings that apply to every EventStream the operator manages.
 #[derive(Debug, Clone, PartialEq, Eq)]

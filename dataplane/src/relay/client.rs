@@ -13,6 +13,7 @@
 
 use std::collections::{HashMap, VecDeque};
 use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
 
 use eventstream_crds::v1alpha1::SlowClientPolicy;
 use parking_lot::Mutex;
@@ -108,6 +109,8 @@ pub struct Client {
     space: Notify,
     /// Counts dropped events as they are dropped (the writer may be blocked on the socket).
     drop_counter: Option<prometheus::IntCounter>,
+    /// Set while a deferred wake is owed (see [`Client::offer_deferred`]).
+    wake_pending: AtomicBool,
 }
 
 impl Client {
@@ -122,6 +125,7 @@ impl Client {
             notify: Notify::new(),
             space: Notify::new(),
             drop_counter: None,
+            wake_pending: AtomicBool::new(false),
         }
     }
 
@@ -161,21 +165,41 @@ impl Client {
         }
     }
 
-    /// Offers a live record to subscription `name`. Never waits.
+    /// Offers a live record to subscription `name` and wakes the writer. Never waits.
     pub fn offer(&self, name: &Arc<str>, record: &Arc<Record>) {
+        if self.enqueue(name, record) {
+            self.notify.notify_one();
+        }
+    }
+
+    /// Offers a live record without waking the writer: returns `true` when the caller must
+    /// call [`wake`](Self::wake) once it has offered its whole batch (the first offer since the
+    /// last wake). Waking once per batch lets the writer send the batch in one flush.
+    pub fn offer_deferred(&self, name: &Arc<str>, record: &Arc<Record>) -> bool {
+        self.enqueue(name, record) && !self.wake_pending.swap(true, Ordering::AcqRel)
+    }
+
+    /// Wakes the writer after [`offer_deferred`](Self::offer_deferred).
+    pub fn wake(&self) {
+        self.wake_pending.store(false, Ordering::Release);
+        self.notify.notify_one();
+    }
+
+    /// Queues (or holds) the record; `true` when the writer has something new to do.
+    fn enqueue(&self, name: &Arc<str>, record: &Arc<Record>) -> bool {
         let mut st = self.state.lock();
         if st.closed.is_some() {
-            return;
+            return false;
         }
         let Some(sub) = st.subs.get_mut(name) else {
-            return;
+            return false;
         };
         if sub
             .floor
             .get(&record.partition)
             .is_some_and(|seen| record.offset <= *seen)
         {
-            return;
+            return false;
         }
         if let Some(pending) = &mut sub.pending {
             pending.push_back(record.clone());
@@ -185,7 +209,8 @@ impl Client {
                     self.overflow(&mut st, name, dropped.partition, dropped.offset);
                 }
             }
-            return;
+            // Held records need no writer, unless the policy just closed the client.
+            return st.closed.is_some();
         }
         let item = Outbound::Event {
             subscription: name.clone(),
@@ -195,8 +220,7 @@ impl Client {
             frame: record.frame(name, self.encoding),
         };
         self.push_event(&mut st, item);
-        drop(st);
-        self.notify.notify_one();
+        true
     }
 
     fn push_event(&self, st: &mut State, item: Outbound) {

@@ -8,6 +8,7 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::Duration;
 
 use bytes::Bytes;
+use futures::FutureExt;
 use rdkafka::consumer::{Consumer, StreamConsumer};
 use rdkafka::message::{Headers, Message};
 use rdkafka::{ClientConfig, Offset, TopicPartitionList};
@@ -19,6 +20,8 @@ use super::metrics::RelayMetrics;
 use super::protocol::Positions;
 use super::record::{PayloadKind, Record};
 
+/// Most records published to the hub in one go (records already fetched are taken together).
+pub const MAX_PUBLISH_BATCH: usize = 256;
 /// How often the topic's partitions and the lag are re-read.
 pub const REFRESH_INTERVAL: Duration = Duration::from_secs(10);
 const METADATA_TIMEOUT: Duration = Duration::from_secs(10);
@@ -254,14 +257,25 @@ impl BridgeConsumer {
             match msg {
                 Ok(msg) => {
                     error_logged = false;
-                    let record = Arc::new(to_record(&msg, &source));
+                    // Take what is already fetched too, so that clients get it in one write.
+                    let mut batch = vec![Arc::new(to_record(&msg, &source))];
                     drop(msg);
-                    let (p, o) = (record.partition, record.offset);
-                    hub.publish(&record);
-                    metrics.consumed.inc();
+                    while batch.len() < MAX_PUBLISH_BATCH {
+                        match self.consumer.recv().now_or_never() {
+                            Some(Ok(more)) => batch.push(Arc::new(to_record(&more, &source))),
+                            _ => break,
+                        }
+                    }
+                    hub.publish_batch(&batch);
+                    metrics.consumed.inc_by(batch.len() as u64);
                     if !target.is_empty() {
-                        if target.get(&p).is_some_and(|t| o + 1 >= *t) {
-                            target.remove(&p);
+                        for record in &batch {
+                            if target
+                                .get(&record.partition)
+                                .is_some_and(|t| record.offset + 1 >= *t)
+                            {
+                                target.remove(&record.partition);
+                            }
                         }
                         if target.is_empty() {
                             self.assigned.store(true, Ordering::Release);

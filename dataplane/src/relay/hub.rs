@@ -123,26 +123,42 @@ impl Hub {
 
     /// Offers `record` to the subscribers of its channel and of `*`.
     pub fn publish(&self, record: &Arc<Record>) {
-        if let Some(channel) = &record.channel {
-            let mut shard = self.shard(channel).lock();
-            if let Some(subs) = shard.subs.get(&**channel) {
-                for client in &subs.list {
-                    client.offer(channel, record);
+        self.publish_batch(std::slice::from_ref(record));
+    }
+
+    /// Offers `records` (in order) to their subscribers, waking each touched client once at
+    /// the end so that its writer sends the whole batch with one flush.
+    pub fn publish_batch(&self, records: &[Arc<Record>]) {
+        let mut touched: Vec<Arc<Client>> = Vec::new();
+        let star_name: Arc<str> = ALL.into();
+        for record in records {
+            if let Some(channel) = &record.channel {
+                let mut shard = self.shard(channel).lock();
+                if let Some(subs) = shard.subs.get(&**channel) {
+                    for client in &subs.list {
+                        if client.offer_deferred(channel, record) {
+                            touched.push(client.clone());
+                        }
+                    }
+                }
+                shard.positions.insert(record.partition, record.offset + 1);
+                if self.snapshot {
+                    shard.last.insert(channel.clone(), record.clone());
                 }
             }
-            shard.positions.insert(record.partition, record.offset + 1);
-            if self.snapshot {
-                shard.last.insert(channel.clone(), record.clone());
+            let mut star = self.star.lock();
+            if let Some(subs) = star.subs.get(ALL) {
+                for client in &subs.list {
+                    if client.offer_deferred(&star_name, record) {
+                        touched.push(client.clone());
+                    }
+                }
             }
+            star.positions.insert(record.partition, record.offset + 1);
         }
-        let mut star = self.star.lock();
-        if let Some(subs) = star.subs.get(ALL) {
-            let name: Arc<str> = ALL.into();
-            for client in &subs.list {
-                client.offer(&name, record);
-            }
+        for client in touched {
+            client.wake();
         }
-        star.positions.insert(record.partition, record.offset + 1);
     }
 
     /// Registers `client` on `name`. With `replaying`, live records are held by the client until

@@ -183,7 +183,12 @@ async fn connection(
     let idle = shared.config.idle_timeout;
     let ping_every = shared.config.ping_interval;
     let mut ping = tokio::time::interval_at(Instant::now() + ping_every, ping_every);
-    let mut idle_at = Instant::now() + idle;
+    // Idle detection reads this at each ping instead of arming a timer per frame, and the
+    // shutdown future is created once: per-iteration timers and cancellation waiters are
+    // shared, locked structures that cost more than the frames themselves at high rates.
+    let mut last_heard = Instant::now();
+    let cancelled = shared.shutdown.cancelled();
+    tokio::pin!(cancelled);
     let mut bucket = Bucket {
         tokens: REQUEST_BURST,
         at: Instant::now(),
@@ -192,7 +197,7 @@ async fn connection(
     let end = loop {
         tokio::select! {
             biased;
-            _ = shared.shutdown.cancelled() => break End::GoingAway,
+            _ = &mut cancelled => break End::GoingAway,
             _ = client.notify.notified() => {
                 match write_queued(&mut socket, &client, &shared, &mut delivered, idle).await {
                     Ok(None) => {}
@@ -201,7 +206,7 @@ async fn connection(
                 }
             }
             msg = socket.recv() => {
-                idle_at = Instant::now() + idle;
+                last_heard = Instant::now();
                 let request = match msg {
                     None | Some(Ok(Message::Close(_))) => break End::Gone,
                     Some(Err(e)) => {
@@ -227,12 +232,14 @@ async fn connection(
                 handle(&shared, &client, claims.as_ref(), request);
             }
             _ = ping.tick() => {
+                if last_heard.elapsed() >= idle {
+                    break End::Idle;
+                }
                 let sent = tokio::time::timeout(idle, socket.send(Message::Ping(Default::default()))).await;
                 if !matches!(sent, Ok(Ok(()))) {
                     break End::Gone;
                 }
             }
-            _ = tokio::time::sleep_until(idle_at) => break End::Idle,
         }
     };
     shared.hub.remove_client(&client);
@@ -413,9 +420,15 @@ async fn write_queued(
             shared.metrics.bytes_out.inc_by(bytes);
             Ok::<(), ()>(())
         };
-        match tokio::time::timeout(deadline, write).await {
-            Ok(Ok(())) => {}
-            _ => return Err(()),
+        // Most writes complete at once; only a blocked socket pays for a timer.
+        tokio::pin!(write);
+        match futures::poll!(&mut write) {
+            std::task::Poll::Ready(Ok(())) => {}
+            std::task::Poll::Ready(Err(())) => return Err(()),
+            std::task::Poll::Pending => match tokio::time::timeout(deadline, write).await {
+                Ok(Ok(())) => {}
+                _ => return Err(()),
+            },
         }
     }
     Ok(drained.closed)
