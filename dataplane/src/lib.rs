@@ -16,4 +16,5 @@ pub mod kafka;
 pub mod relay;
 pub mod server;
 pub mod sink;
+pub mod standalone;
 pub mod telemetry;

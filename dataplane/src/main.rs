@@ -44,8 +44,9 @@ enum Mode {
         #[arg(long)]
         config: PathBuf,
     },
-    /// Embedded broker, bridge and (optionally) sink in one process, for local use.
-    Standalone,
+    /// Embedded broker, bridge, stream viewer page and (optionally) sink in one process, for
+    /// local use: `standalone --demo`, then open the printed URL.
+    Standalone(Box<eventstream_dataplane::standalone::Args>),
 }
 
 fn load(path: &PathBuf) -> Result<DataplaneConfig> {
@@ -89,9 +90,7 @@ fn main() -> ExitCode {
         }),
         Mode::Bridge { config } => load(&config).and_then(run_bridge),
         Mode::Sink { config } => load(&config).and_then(run_sink),
-        Mode::Standalone => Err(anyhow::anyhow!(
-            "standalone mode is not built yet (tracked in issue #9)"
-        )),
+        Mode::Standalone(args) => eventstream_dataplane::standalone::main(*args),
     };
     match result {
         Ok(()) => ExitCode::SUCCESS,

@@ -359,7 +359,7 @@ async fn bad_input_gets_documented_errors_and_neighbours_keep_receiving() {
             "invalid_channel",
         ),
         (
-            json!({"type": "subscribe", "channel": "a", "since": {"0": -1}}),
+            json!({"type": "subscribe", "channel": "a", "since": {"0": -2}}),
             "invalid_since",
         ),
         (

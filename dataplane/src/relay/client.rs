@@ -129,6 +129,17 @@ impl Client {
         }
     }
 
+    /// The queue item of `record` for subscription `name`, with the shared frame.
+    fn event(&self, name: &Arc<str>, record: &Record) -> Outbound {
+        Outbound::Event {
+            subscription: name.clone(),
+            partition: record.partition,
+            offset: record.offset,
+            timestamp_ms: record.timestamp_ms,
+            frame: record.frame(name, self.encoding),
+        }
+    }
+
     /// Counts every dropped event in `counter` at the moment it is dropped.
     pub fn with_drop_counter(mut self, counter: prometheus::IntCounter) -> Self {
         self.drop_counter = Some(counter);
@@ -212,13 +223,7 @@ impl Client {
             // Held records need no writer, unless the policy just closed the client.
             return st.closed.is_some();
         }
-        let item = Outbound::Event {
-            subscription: name.clone(),
-            partition: record.partition,
-            offset: record.offset,
-            timestamp_ms: record.timestamp_ms,
-            frame: record.frame(name, self.encoding),
-        };
+        let item = self.event(name, record);
         self.push_event(&mut st, item);
         true
     }
@@ -303,13 +308,7 @@ impl Client {
                     {
                         return true;
                     }
-                    st.items.push_back(Outbound::Event {
-                        subscription: name.clone(),
-                        partition: record.partition,
-                        offset: record.offset,
-                        timestamp_ms: record.timestamp_ms,
-                        frame: record.frame(name, self.encoding),
-                    });
+                    st.items.push_back(self.event(name, record));
                     st.events += 1;
                     drop(st);
                     self.notify.notify_one();
@@ -335,13 +334,7 @@ impl Client {
         st.items.push_back(Outbound::Control(subscribed));
         st.controls += 1;
         for record in held {
-            let item = Outbound::Event {
-                subscription: name.clone(),
-                partition: record.partition,
-                offset: record.offset,
-                timestamp_ms: record.timestamp_ms,
-                frame: record.frame(name, self.encoding),
-            };
+            let item = self.event(name, &record);
             self.push_event(&mut st, item);
         }
         drop(st);

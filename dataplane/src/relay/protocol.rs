@@ -195,11 +195,13 @@ fn parse_since_json(channel: &str, map: &Map<String, Value>) -> Result<Positions
                 format!("partition {partition:?} in \"since\" is not a non-negative integer"),
             )
         })?;
-        let offset = offset.as_i64().filter(|o| *o >= 0).ok_or_else(|| {
+        let offset = offset.as_i64().filter(|o| *o >= -1).ok_or_else(|| {
             ProtocolError::on(
                 ErrorCode::InvalidSince,
                 channel,
-                format!("offset for partition {partition} must be a non-negative integer"),
+                format!(
+                    "offset for partition {partition} must be an integer ≥ -1 (-1: nothing seen yet)"
+                ),
             )
         })?;
         since.insert(partition, offset);
@@ -219,11 +221,11 @@ pub fn parse_proto(bytes: &[u8]) -> Result<Request, ProtocolError> {
         Some(client_frame::Frame::Subscribe(s)) => {
             let mut since = Positions::new();
             for (partition, offset) in s.since {
-                if partition < 0 || offset < 0 {
+                if partition < 0 || offset < -1 {
                     return Err(ProtocolError::on(
                         ErrorCode::InvalidSince,
                         &s.channel,
-                        format!("since {partition}:{offset} must be non-negative"),
+                        format!("since {partition}:{offset}: partitions are ≥ 0, offsets ≥ -1"),
                     ));
                 }
                 since.insert(partition, offset);

@@ -36,7 +36,7 @@ pub fn parse_positions(text: &str) -> Option<Positions> {
     for part in text.split(',').filter(|p| !p.is_empty()) {
         let (p, o) = part.split_once(':')?;
         let p: i32 = p.trim().parse().ok().filter(|p| *p >= 0)?;
-        let o: i64 = o.trim().parse().ok().filter(|o| *o >= 0)?;
+        let o: i64 = o.trim().parse().ok().filter(|o| *o >= -1)?;
         out.insert(p, o);
     }
     Some(out)
@@ -287,7 +287,7 @@ mod tests {
         let p = parse_positions("0:41,3:17").expect("valid");
         assert_eq!(p, [(0, 41), (3, 17)].into());
         assert_eq!(format_positions(&p), "0:41,3:17");
-        for bad in ["x", "0:", ":1", "0:-1", "-1:3", "0:1:2", "0;1"] {
+        for bad in ["x", "0:", ":1", "0:-2", "-1:3", "0:1:2", "0;1"] {
             assert_eq!(parse_positions(bad), None, "{bad}");
         }
     }
