@@ -441,7 +441,7 @@ mod tests {
     #[test]
     fn refuses_invalid_since() {
         for since in [
-            r#"{"0":-1}"#,
+            r#"{"0":-2}"#,
             r#"{"-1":3}"#,
             r#"{"x":3}"#,
             r#"{"0":1.5}"#,
@@ -453,6 +453,17 @@ mod tests {
             assert_eq!(err.code, ErrorCode::InvalidSince, "{frame}");
             assert_eq!(err.channel.as_deref(), Some("a"));
         }
+    }
+
+    #[test]
+    fn minus_one_means_nothing_seen_yet() {
+        assert_eq!(
+            parse_json(r#"{"type":"subscribe","channel":"a","since":{"0":-1}}"#),
+            Ok(Request::Subscribe {
+                channel: "a".into(),
+                since: Some([(0, -1)].into()),
+            })
+        );
     }
 
     #[test]
