@@ -111,6 +111,8 @@ pub struct Client {
     drop_counter: Option<prometheus::IntCounter>,
     /// Set while a deferred wake is owed (see [`Client::offer_deferred`]).
     wake_pending: AtomicBool,
+    /// Signalled when the queue closes the client, so a writer blocked on the socket stops.
+    closed_signal: Notify,
 }
 
 impl Client {
@@ -126,6 +128,7 @@ impl Client {
             space: Notify::new(),
             drop_counter: None,
             wake_pending: AtomicBool::new(false),
+            closed_signal: Notify::new(),
         }
     }
 
@@ -266,6 +269,7 @@ impl Client {
             }
             SlowClientPolicy::Disconnect => {
                 st.closed = Some(Closed::SlowClient);
+                self.closed_signal.notify_one();
                 st.items.clear();
                 st.events = 0;
                 st.controls = 0;
@@ -284,6 +288,7 @@ impl Client {
         st.controls += 1;
         if st.controls > MAX_CONTROL_FRAMES {
             st.closed = Some(Closed::NotReading);
+            self.closed_signal.notify_one();
         }
         drop(st);
         self.notify.notify_one();
@@ -367,6 +372,11 @@ impl Client {
             closed,
             dropped,
         }
+    }
+
+    /// Completes when the queue closes the client (slow-client policy or unread replies).
+    pub async fn wait_closed(&self) {
+        self.closed_signal.notified().await;
     }
 
     /// Whether the queue closed the client.

@@ -425,9 +425,14 @@ async fn write_queued(
         match futures::poll!(&mut write) {
             std::task::Poll::Ready(Ok(())) => {}
             std::task::Poll::Ready(Err(())) => return Err(()),
-            std::task::Poll::Pending => match tokio::time::timeout(deadline, write).await {
-                Ok(Ok(())) => {}
-                _ => return Err(()),
+            // A writer blocked on a client that does not read must still notice that the queue
+            // closed the client (policy `disconnect`), or it would wait for the whole deadline.
+            std::task::Poll::Pending => tokio::select! {
+                result = tokio::time::timeout(deadline, write) => match result {
+                    Ok(Ok(())) => {}
+                    _ => return Err(()),
+                },
+                _ = client.wait_closed() => return Ok(client.closed()),
             },
         }
     }
