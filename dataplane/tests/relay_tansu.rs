@@ -30,7 +30,7 @@ async fn produce_one_by_one(producer: &FutureProducer, records: &[(Option<String
     }
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+#[tokio::test(flavor = "current_thread")]
 async fn fan_out_and_resume_through_tansu() {
     eventstream_dataplane::telemetry::init_logging();
     let broker = TansuBroker::start().expect("tansu starts");

@@ -46,7 +46,7 @@ async fn barrier(ws: &mut Ws) -> Vec<Value> {
     }
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+#[tokio::test(flavor = "current_thread")]
 async fn clients_get_exactly_their_channels_in_partition_order() {
     let (_kafka, bootstrap) = kafka(3);
     let bridge = Bridge::start(config(&bootstrap, "t", "")).await;
@@ -95,7 +95,7 @@ async fn clients_get_exactly_their_channels_in_partition_order() {
     bridge.stop().await;
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+#[tokio::test(flavor = "current_thread")]
 async fn two_bridges_each_deliver_every_record() {
     let (_kafka, bootstrap) = kafka(3);
     let one = Bridge::start(config(&bootstrap, "t", "")).await;
@@ -117,7 +117,7 @@ async fn two_bridges_each_deliver_every_record() {
     two.stop().await;
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+#[tokio::test(flavor = "current_thread")]
 async fn resume_replays_the_gap_with_no_loss_and_no_duplicate() {
     let (_kafka, bootstrap) = kafka(3);
     let bridge = Bridge::start(config(&bootstrap, "t", "replayMaxMessages: 10000")).await;
@@ -193,7 +193,7 @@ async fn resume_replays_the_gap_with_no_loss_and_no_duplicate() {
     bridge.stop().await;
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+#[tokio::test(flavor = "current_thread")]
 async fn replay_budget_sends_a_gap_then_continues_live() {
     let (_kafka, bootstrap) = kafka(1);
     let bridge = Bridge::start(config(&bootstrap, "t", "replayMaxMessages: 10")).await;
@@ -229,7 +229,7 @@ async fn replay_budget_sends_a_gap_then_continues_live() {
     bridge.stop().await;
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+#[tokio::test(flavor = "current_thread")]
 async fn a_stalled_client_gets_a_gap_and_does_not_delay_a_fast_one() {
     let (_kafka, bootstrap) = kafka(1);
     let bridge = Bridge::start(config(
@@ -303,7 +303,7 @@ async fn a_stalled_client_gets_a_gap_and_does_not_delay_a_fast_one() {
     bridge.stop().await;
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+#[tokio::test(flavor = "current_thread")]
 async fn disconnect_policy_closes_a_stalled_client_with_4008() {
     let (_kafka, bootstrap) = kafka(1);
     let bridge = Bridge::start(config(
@@ -337,7 +337,7 @@ async fn disconnect_policy_closes_a_stalled_client_with_4008() {
     bridge.stop().await;
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+#[tokio::test(flavor = "current_thread")]
 async fn bad_input_gets_documented_errors_and_neighbours_keep_receiving() {
     let (_kafka, bootstrap) = kafka(2);
     let bridge = Bridge::start(config(
@@ -425,7 +425,7 @@ async fn bad_input_gets_documented_errors_and_neighbours_keep_receiving() {
     bridge.stop().await;
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+#[tokio::test(flavor = "current_thread")]
 async fn protobuf_clients_receive_binary_frames() {
     use eventstream_proto::prost::Message as _;
     use eventstream_proto::v1::{ClientFrame, ServerFrame, server_frame::Frame};
@@ -470,7 +470,7 @@ async fn protobuf_clients_receive_binary_frames() {
     bridge.stop().await;
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+#[tokio::test(flavor = "current_thread")]
 async fn shutdown_closes_clients_with_1001_and_their_positions() {
     let (_kafka, bootstrap) = kafka(2);
     let bridge = Bridge::start(config(&bootstrap, "t", "")).await;
@@ -496,7 +496,7 @@ async fn shutdown_closes_clients_with_1001_and_their_positions() {
     assert!(matches!(done, Ok(Ok(Ok(())))), "{done:?}");
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+#[tokio::test(flavor = "current_thread")]
 async fn jwt_allows_denies_and_expires() {
     use jsonwebtoken::{Algorithm, EncodingKey, Header, encode};
     let (_kafka, bootstrap) = kafka(1);
@@ -576,7 +576,7 @@ async fn jwt_allows_denies_and_expires() {
     let _ = tokio::time::timeout(Duration::from_secs(10), running.task).await;
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+#[tokio::test(flavor = "current_thread")]
 async fn sse_streams_events_and_resumes_from_last_event_id() {
     let (_kafka, bootstrap) = kafka(2);
     let bridge = Bridge::start(config(&bootstrap, "t", "")).await;
@@ -658,7 +658,7 @@ async fn sse_streams_events_and_resumes_from_last_event_id() {
     bridge.stop().await;
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+#[tokio::test(flavor = "current_thread")]
 async fn connection_limit_answers_503_before_upgrade_and_health_reports_clients() {
     let (_kafka, bootstrap) = kafka(2);
     let bridge = Bridge::start(config(&bootstrap, "t", "maxConnections: 2")).await;
@@ -703,7 +703,7 @@ async fn connection_limit_answers_503_before_upgrade_and_health_reports_clients(
     bridge.stop().await;
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+#[tokio::test(flavor = "current_thread")]
 async fn a_silent_client_is_closed_after_the_idle_timeout_and_a_live_one_is_not() {
     let (_kafka, bootstrap) = kafka(1);
     let bridge = Bridge::start(config(
