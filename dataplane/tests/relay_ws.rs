@@ -305,7 +305,9 @@ async fn a_stalled_client_gets_a_gap_and_does_not_delay_a_fast_one() {
 
 #[tokio::test(flavor = "current_thread")]
 async fn disconnect_policy_closes_a_stalled_client_with_4008() {
-    let (_kafka, bootstrap) = kafka(1);
+    // 20 MB must outgrow the socket buffers; spread over 8 partitions because the mock
+    // cluster keeps only ~5 MiB per partition and would trim what a busy bridge has not read.
+    let (_kafka, bootstrap) = kafka(8);
     let bridge = Bridge::start(config(
         &bootstrap,
         "t",
@@ -622,8 +624,8 @@ async fn sse_streams_events_and_resumes_from_last_event_id() {
         .await
         .expect("sse");
     assert_eq!(resp.status(), 200);
-    // The subscription is registered once the response has started.
-    tokio::time::sleep(Duration::from_millis(200)).await;
+    // The handler registers the subscription before it answers, so the headers mean "live".
+    assert_eq!(bridge.metric("eventstream_ws_subscriptions"), 1.0);
     produce_keyed(&bootstrap, 0, 30).await;
     let first = read_events(&mut resp, 4).await;
     drop(resp);

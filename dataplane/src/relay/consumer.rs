@@ -116,7 +116,9 @@ pub fn assign_only(base: &ClientConfig) -> ClientConfig {
         )
         .set("enable.auto.commit", "false")
         .set("enable.auto.offset.store", "false")
-        .set("enable.partition.eof", "false");
+        .set("enable.partition.eof", "false")
+        // Only used when a position falls out of retention: keep as much as still exists.
+        .set("auto.offset.reset", "earliest");
     if config.get("fetch.wait.max.ms").is_none() {
         config.set("fetch.wait.max.ms", "100");
     }
