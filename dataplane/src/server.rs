@@ -43,18 +43,24 @@ impl Readiness {
 
 #[derive(Clone)]
 struct Ops {
-    registry: Registry,
+    registries: Vec<Registry>,
     readiness: Readiness,
 }
 
 /// `/healthz`, `/readyz` and `/metrics`, to merge with a mode's own routes.
 pub fn ops_routes(registry: Registry, readiness: Readiness) -> Router {
+    ops_routes_for(vec![registry], readiness)
+}
+
+/// [`ops_routes`] for a process with several registries (standalone: one per stream), whose
+/// families `/metrics` merges.
+pub fn ops_routes_for(registries: Vec<Registry>, readiness: Readiness) -> Router {
     Router::new()
         .route("/healthz", get(|| async { "ok\n" }))
         .route("/readyz", get(readyz))
         .route("/metrics", get(metrics))
         .with_state(Ops {
-            registry,
+            registries,
             readiness,
         })
 }
@@ -77,7 +83,7 @@ async fn metrics(State(ops): State<Ops>) -> impl IntoResponse {
             axum::http::header::CONTENT_TYPE,
             "text/plain; version=0.0.4; charset=utf-8",
         )],
-        crate::telemetry::render(&ops.registry),
+        crate::telemetry::render_all(&ops.registries),
     )
 }
 

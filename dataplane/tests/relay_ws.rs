@@ -239,13 +239,7 @@ async fn a_stalled_client_gets_a_gap_and_does_not_delay_a_fast_one() {
     ))
     .await;
     let mut slow = connect_stalling(bridge.addr, "/ws").await;
-    slow.send(Message::Text(
-        json!({"type": "subscribe", "channel": "*"})
-            .to_string()
-            .into(),
-    ))
-    .await
-    .expect("send");
+    send(&mut slow, json!({"type": "subscribe", "channel": "*"})).await;
     let mut fast = connect(&bridge.url("/ws"), None).await;
     subscribe(&mut fast, "*").await;
     eventually("both subscribed", || {
@@ -315,13 +309,7 @@ async fn disconnect_policy_closes_a_stalled_client_with_4008() {
     ))
     .await;
     let mut slow = connect_stalling(bridge.addr, "/ws").await;
-    slow.send(Message::Text(
-        json!({"type": "subscribe", "channel": "*"})
-            .to_string()
-            .into(),
-    ))
-    .await
-    .expect("send");
+    send(&mut slow, json!({"type": "subscribe", "channel": "*"})).await;
     eventually("subscribed", || {
         bridge.metric("eventstream_ws_subscriptions") == 1.0
     })

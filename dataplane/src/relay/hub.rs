@@ -76,6 +76,8 @@ pub struct Hub {
     hasher: std::collections::hash_map::RandomState,
     partitions: RwLock<Positions>,
     subscriptions: AtomicUsize,
+    /// The `*` subscription name, shared by every delivery to it.
+    star_name: Arc<str>,
 }
 
 impl Hub {
@@ -89,6 +91,7 @@ impl Hub {
             hasher: Default::default(),
             partitions: RwLock::new(Positions::new()),
             subscriptions: AtomicUsize::new(0),
+            star_name: ALL.into(),
         }
     }
 
@@ -130,7 +133,6 @@ impl Hub {
     /// the end so that its writer sends the whole batch with one flush.
     pub fn publish_batch(&self, records: &[Arc<Record>]) {
         let mut touched: Vec<Arc<Client>> = Vec::new();
-        let star_name: Arc<str> = ALL.into();
         for record in records {
             if let Some(channel) = &record.channel {
                 let mut shard = self.shard(channel).lock();
@@ -149,7 +151,7 @@ impl Hub {
             let mut star = self.star.lock();
             if let Some(subs) = star.subs.get(ALL) {
                 for client in &subs.list {
-                    if client.offer_deferred(&star_name, record) {
+                    if client.offer_deferred(&self.star_name, record) {
                         touched.push(client.clone());
                     }
                 }

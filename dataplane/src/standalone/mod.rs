@@ -15,7 +15,6 @@
 pub mod bridge;
 pub mod broker;
 pub mod demo;
-pub mod ops;
 pub mod streams;
 pub mod viewer;
 
@@ -255,7 +254,7 @@ async fn run(args: Args, mut plans: Vec<StreamPlan>) -> anyhow::Result<()> {
     let registries = bridges.iter().map(|b| b.registry.clone()).collect();
     app = app
         .merge(viewer::routes(broker_info.clone(), infos))
-        .merge(ops::routes(registries, readiness.clone()));
+        .merge(crate::server::ops_routes_for(registries, readiness.clone()));
 
     let demo_task = args.demo.then(|| {
         tokio::spawn(demo::run(
