@@ -283,6 +283,22 @@ pub struct SinkConfig {
     pub dead_letter_topic: String,
     /// Consumer group.
     pub consumer_group: String,
+    /// A one-shot reset of the stored positions, written by the operator; see [`OffsetReset`].
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub offset_reset: Option<OffsetReset>,
+}
+
+/// Moves the positions stored in PostgreSQL, once: the sink records `id` in
+/// `eventstream_offset_resets` in the same transaction, so a restart does not apply it again.
+/// A database that holds no positions of the stream yet (a new database) records the id without
+/// moving anything.
+#[derive(Serialize, Deserialize, Clone, Debug, PartialEq, Eq)]
+#[serde(rename_all = "camelCase")]
+pub struct OffsetReset {
+    /// Identifies the reset.
+    pub id: String,
+    /// Partition → the offset it resumes from.
+    pub offsets: BTreeMap<i32, i64>,
 }
 
 /// One problem in a config: where and what.
@@ -539,6 +555,17 @@ impl DataplaneConfig {
             }
             if sink.consumer_group.is_empty() {
                 bad("sink.consumerGroup", "must not be empty".into());
+            }
+            if let Some(reset) = &sink.offset_reset {
+                if reset.id.trim().is_empty() {
+                    bad("sink.offsetReset.id", "must not be empty".into());
+                }
+                if let Some((p, o)) = reset.offsets.iter().find(|(p, o)| **p < 0 || **o < 0) {
+                    bad(
+                        "sink.offsetReset.offsets",
+                        format!("partition {p} → offset {o}: partitions and offsets are ≥ 0"),
+                    );
+                }
             }
         }
         out

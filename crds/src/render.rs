@@ -2,11 +2,12 @@
 //! operator's defaults. The operator writes its result into the stream's ConfigMap; the
 //! no-cluster end-to-end run uses the same function, so what it tests is what pods get.
 
+use std::collections::BTreeMap;
 use std::net::SocketAddr;
 
 use crate::config::{
-    AuthConfig, DataplaneConfig, IngestConfig, KafkaConfig, ServerConfig, SinkConfig, StreamId,
-    WebSocketConfig,
+    AuthConfig, DataplaneConfig, IngestConfig, KafkaConfig, OffsetReset, ServerConfig, SinkConfig,
+    StreamId, WebSocketConfig,
 };
 use crate::duration;
 use crate::v1alpha1::{EventStream, SecurityProtocol};
@@ -51,6 +52,14 @@ pub enum RenderError {
         /// The parse error.
         source: duration::DurationError,
     },
+    /// The status the operator wrote cannot be read back (edited by hand).
+    #[error("status.{field}: {reason}")]
+    Status {
+        /// Field path.
+        field: &'static str,
+        /// What is wrong.
+        reason: String,
+    },
     /// The rendered config fails validation (a rule the CRD schema cannot express).
     #[error("{0}")]
     Invalid(#[from] crate::config::ConfigError),
@@ -58,6 +67,30 @@ pub enum RenderError {
 
 fn parse_duration(field: &'static str, text: &str) -> Result<std::time::Duration, RenderError> {
     duration::parse(text).map_err(|source| RenderError::Duration { field, source })
+}
+
+/// The last offset reset the operator recorded in the status, for the sink to apply once.
+fn offset_reset(stream: &EventStream) -> Result<Option<OffsetReset>, RenderError> {
+    let Some(reset) = stream
+        .status
+        .as_ref()
+        .and_then(|s| s.sink.as_ref())
+        .and_then(|s| s.offset_reset.as_ref())
+    else {
+        return Ok(None);
+    };
+    let mut offsets = BTreeMap::new();
+    for (partition, offset) in &reset.offsets {
+        let p = partition.parse::<i32>().map_err(|_| RenderError::Status {
+            field: "sink.offsetReset.offsets",
+            reason: format!("{partition:?} is not a partition number"),
+        })?;
+        offsets.insert(p, *offset);
+    }
+    Ok(Some(OffsetReset {
+        id: reset.id.clone(),
+        offsets,
+    }))
 }
 
 /// The dataplane config for `stream`.
@@ -156,6 +189,7 @@ pub fn dataplane_config(
             payload: p.payload,
             dead_letter_topic: stream.dead_letter_topic(),
             consumer_group: stream.sink_group(),
+            offset_reset: offset_reset(stream)?,
         }),
         None => None,
     };
@@ -237,6 +271,63 @@ persistence:
         assert_eq!(sink.max_rows, 500);
         assert_eq!(sink.dead_letter_topic, "frames.dlq");
         assert_eq!(sink.consumer_group, "eventstream.racing.telemetry.sink");
+    }
+
+    fn with_reset(offsets: &[(&str, i64)]) -> EventStream {
+        let mut es = stream(
+            "kafka: { bootstrapServers: 'k:1' }\npersistence: { postgres: { urlSecretRef: { name: db, key: url }, table: t } }",
+        );
+        es.status = Some(crate::v1alpha1::EventStreamStatus {
+            sink: Some(crate::v1alpha1::SinkStatus {
+                offset_reset: Some(crate::v1alpha1::SinkOffsetReset {
+                    id: "latest@2026-11-22T10:00:00Z".into(),
+                    to: "latest".into(),
+                    offsets: offsets.iter().map(|(p, o)| (p.to_string(), *o)).collect(),
+                }),
+                ..Default::default()
+            }),
+            ..Default::default()
+        });
+        es
+    }
+
+    #[test]
+    fn a_recorded_offset_reset_reaches_the_sink_config() {
+        let config = dataplane_config(
+            &with_reset(&[("0", 42), ("1", 7)]),
+            &RenderDefaults::default(),
+        )
+        .expect("renders");
+        let reset = config.sink.and_then(|s| s.offset_reset).expect("reset");
+        assert_eq!(reset.id, "latest@2026-11-22T10:00:00Z");
+        assert_eq!(reset.offsets, BTreeMap::from([(0, 42), (1, 7)]));
+        // The ConfigMap text reads back (integer map keys survive YAML).
+        let text = serde_yaml::to_string(
+            &dataplane_config(&with_reset(&[("0", 42)]), &RenderDefaults::default())
+                .expect("renders"),
+        )
+        .expect("yaml");
+        let back = crate::config::DataplaneConfig::from_yaml(&text).expect("parses");
+        assert_eq!(
+            back.sink.and_then(|s| s.offset_reset).map(|r| r.offsets),
+            Some(BTreeMap::from([(0, 42)]))
+        );
+    }
+
+    #[test]
+    fn a_garbled_offset_reset_in_the_status_is_an_error_not_a_guess() {
+        let err = dataplane_config(&with_reset(&[("zero", 42)]), &RenderDefaults::default())
+            .expect_err("garbled");
+        assert!(
+            err.to_string().contains("status.sink.offsetReset.offsets"),
+            "{err}"
+        );
+        let err = dataplane_config(&with_reset(&[("0", -1)]), &RenderDefaults::default())
+            .expect_err("negative");
+        assert!(
+            err.to_string().contains("sink.offsetReset.offsets"),
+            "{err}"
+        );
     }
 
     #[test]

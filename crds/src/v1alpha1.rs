@@ -704,6 +704,23 @@ pub struct SinkStatus {
     /// Records not yet persisted: the sum over partitions of high watermark minus committed offset.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub lag: Option<i64>,
+    /// The last reset requested with `eventstream.dev/reset-sink-offsets`. It stays in the sink's
+    /// config; the sink applies each `id` once per database.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub offset_reset: Option<SinkOffsetReset>,
+}
+
+/// A one-shot reset of the sink's stored positions.
+#[derive(JsonSchema, Serialize, Deserialize, Clone, Debug, PartialEq, Eq, Default)]
+#[serde(rename_all = "camelCase")]
+pub struct SinkOffsetReset {
+    /// `<to>@<time>`: identifies the reset in the database's `eventstream_offset_resets` table.
+    pub id: String,
+    /// `earliest` or `latest`, as the annotation asked.
+    pub to: String,
+    /// Where each partition resumes (partition number → offset), resolved when the reset ran.
+    #[serde(default)]
+    pub offsets: BTreeMap<String, i64>,
 }
 
 fn default_true() -> bool {
