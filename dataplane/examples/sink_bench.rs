@@ -114,6 +114,7 @@ async fn bench_writer(pg: &TestPostgres, a: &Args, batch_rows: usize) -> anyhow:
         table: TableName::parse("frames"),
         timescale: Timescale::Auto,
         payload: PayloadFormat::Json,
+        offset_reset: None,
     };
     let mut w = Writer::new(writer::parse_url(&pg.url(), "url")?, target, dlq, metrics);
     w.connect().await?;

@@ -577,6 +577,99 @@ async fn poison_records_go_to_the_dead_letter_topic_with_headers() -> TestResult
     Ok(())
 }
 
+/// Runs a sink with `cfg` until the table of `url` holds `rows`, checks that no more arrive, and
+/// stops it cleanly.
+async fn run_until(cfg: &str, url: &str, rows: i64) -> TestResult {
+    let mut sink = Sink::start(cfg, url)?;
+    wait_rows(&sink, url, rows, Duration::from_secs(60)).await?;
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    assert_eq!(
+        count(url).await,
+        rows,
+        "rows after settling; log:\n{}",
+        sink.log()
+    );
+    assert!(
+        sink.terminate().await?.success(),
+        "clean exit:\n{}",
+        sink.log()
+    );
+    Ok(())
+}
+
+fn reset_cfg(bootstrap: &str, id: &str, offsets: &std::collections::BTreeMap<i32, i64>) -> String {
+    let list: Vec<String> = offsets.iter().map(|(p, o)| format!("{p}: {o}")).collect();
+    config(
+        bootstrap,
+        &format!(
+            ", maxRows: 200, maxDelay: 50ms, offsetReset: {{ id: '{id}', offsets: {{ {} }} }}",
+            list.join(", ")
+        ),
+    )
+}
+
+/// `sink.offsetReset` (what the operator renders from `eventstream.dev/reset-sink-offsets`)
+/// moves the positions stored in PostgreSQL exactly once per database: `earliest` stores the
+/// topic again, `latest` skips the backlog, a restart with the same id changes nothing, and a
+/// new database records the id without skipping anything.
+#[tokio::test]
+async fn offset_resets_move_stored_positions_once_per_database() -> TestResult {
+    let (kafka, pg, url) = setup(2)?;
+    let bootstrap = kafka.bootstrap();
+    pg.psql("postgres", TABLE_WITHOUT_KEY)?;
+    let plain = config(&bootstrap, ", maxRows: 200, maxDelay: 50ms");
+    let mut counts = Default::default();
+    produce_range(&bootstrap, 0..1_000, &mut counts).await?;
+    run_until(&plain, &url, 1_000).await?;
+
+    // earliest: every partition back to its first offset; the table (no key) stores them twice.
+    let earliest: std::collections::BTreeMap<i32, i64> = counts.keys().map(|p| (*p, 0)).collect();
+    let cfg = reset_cfg(&bootstrap, "earliest@2026-11-22T10:00:00Z", &earliest);
+    run_until(&cfg, &url, 2_000).await?;
+
+    // The same id again (a restart, a rollout): applied already, nothing moves.
+    produce_range(&bootstrap, 1_000..1_500, &mut counts).await?;
+    run_until(&cfg, &url, 2_500).await?;
+
+    // latest: the backlog produced while the sink was stopped is skipped.
+    produce_range(&bootstrap, 1_500..2_000, &mut counts).await?;
+    let latest = counts.clone();
+    let cfg = reset_cfg(&bootstrap, "latest@2026-11-22T11:00:00Z", &latest);
+    produce_range(&bootstrap, 2_000..2_100, &mut counts).await?;
+    let after: i64 = counts.values().sum::<i64>() - latest.values().sum::<i64>();
+    assert_eq!(after, 100);
+    run_until(&cfg, &url, 2_600).await?;
+    let skipped = pg.psql(
+        "postgres",
+        "SELECT count(*) FROM frames WHERE (payload->>'seq')::int BETWEEN 1500 AND 1999",
+    )?;
+    assert_eq!(
+        skipped.trim(),
+        "0",
+        "the backlog before the latest reset is skipped"
+    );
+    let applied = pg.psql(
+        "postgres",
+        "SELECT string_agg(id || '=' || moved, ',' ORDER BY id) FROM eventstream_offset_resets",
+    )?;
+    assert_eq!(
+        applied.trim(),
+        "earliest@2026-11-22T10:00:00Z=true,latest@2026-11-22T11:00:00Z=true"
+    );
+
+    // A new database: the reset was meant for the old one; the new one gets the whole topic.
+    pg.create_database("fresh")?;
+    let fresh = pg.url_for("fresh");
+    run_until(&cfg, &fresh, 2_100).await?;
+    let recorded = pg.psql(
+        "fresh",
+        "SELECT id || '=' || moved FROM eventstream_offset_resets",
+    )?;
+    assert_eq!(recorded.trim(), "latest@2026-11-22T11:00:00Z=false");
+    drop(kafka);
+    Ok(())
+}
+
 mod bad_input {
     use super::*;
 

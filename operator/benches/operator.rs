@@ -129,6 +129,7 @@ async fn main() {
                 ready_replicas: 1,
                 consumer_group: format!("eventstream.team.stream-{i:04}.sink"),
                 lag: Some(0),
+                offset_reset: None,
             }),
         });
         metrics.set_conditions(

@@ -16,7 +16,7 @@ use std::time::Duration;
 
 use eventstream_crds::EventStream;
 use eventstream_crds::v1alpha1::{
-    DeletionPolicy, EventStreamStatus, ReplicasStatus, SinkStatus, TopicStatus,
+    DeletionPolicy, EventStreamStatus, ReplicasStatus, SinkOffsetReset, SinkStatus, TopicStatus,
 };
 use futures::StreamExt;
 use k8s_openapi::api::apps::v1::Deployment;
@@ -282,6 +282,18 @@ async fn apply_dynamic(
         .map(|_| ())
 }
 
+async fn remove_reset_annotation(es: &EventStream, ctx: &Context, ns: &str) -> Result<(), Error> {
+    let api: Api<EventStream> = Api::namespaced(ctx.client.clone(), ns);
+    let patch = serde_json::json!({"metadata": {"annotations": {RESET_OFFSETS_ANNOTATION: null}}});
+    api.patch(
+        &es.name_any(),
+        &PatchParams::default(),
+        &Patch::Merge(&patch),
+    )
+    .await?;
+    Ok(())
+}
+
 fn requested_reset(es: &EventStream) -> Option<Result<ResetTo, String>> {
     es.annotations()
         .get(RESET_OFFSETS_ANNOTATION)
@@ -533,6 +545,13 @@ pub async fn apply(es: Arc<EventStream>, ctx: Arc<Context>) -> Result<Action, Er
     // Consumer group: one-shot reset, then lag.
     let mut sink_check = None;
     let mut lag = old_status.sink.as_ref().and_then(|s| s.lag);
+    let mut offset_reset = old_status
+        .sink
+        .as_ref()
+        .and_then(|s| s.offset_reset.clone());
+    // Removed only after the status that records the reset is written: the sink learns the
+    // offsets from the status (through its ConfigMap), so the request must not vanish first.
+    let mut reset_done = false;
     if let (Some(_), Some(conn)) = (&persistence, conn.as_ref().filter(|_| topic_check.ok)) {
         let group = es.sink_group();
         match &reset {
@@ -560,17 +579,28 @@ pub async fn apply(es: Arc<EventStream>, ctx: Arc<Context>) -> Result<Action, Er
                         .reset_group(conn, &group, &es.topic_name(), *to)
                         .await
                     {
-                        Ok(()) => {
-                            let api: Api<EventStream> = Api::namespaced(ctx.client.clone(), &ns);
-                            let patch = serde_json::json!({"metadata": {"annotations": {RESET_OFFSETS_ANNOTATION: null}}});
-                            api.patch(
-                                &es.name_any(),
-                                &PatchParams::default(),
-                                &Patch::Merge(&patch),
+                        Ok(offsets) => {
+                            let record = SinkOffsetReset {
+                                id: format!("{}@{}", to.as_str(), (ctx.now)()),
+                                to: to.as_str().into(),
+                                offsets: offsets.iter().map(|(p, o)| (p.to_string(), *o)).collect(),
+                            };
+                            let list: Vec<String> =
+                                offsets.iter().map(|(p, o)| format!("{p}:{o}")).collect();
+                            ctx.publish(
+                                &es,
+                                EventType::Normal,
+                                "SinkOffsetsReset",
+                                "ResetOffsets",
+                                format!(
+                                    "reset consumer group {group} to the {} offsets ({}); the sink resumes there once it scales back up",
+                                    to.as_str(),
+                                    list.join(", ")
+                                ),
                             )
-                            .await?;
-                            ctx.publish(&es, EventType::Normal, "SinkOffsetsReset", "ResetOffsets",
-                                format!("reset consumer group {group} to {to:?} offsets; the sink scales back up")).await;
+                            .await;
+                            offset_reset = Some(record);
+                            reset_done = true;
                             sink_check = Some(Check::fail(
                                 "ResettingOffsets",
                                 "offsets reset; scaling the sink back up",
@@ -610,15 +640,7 @@ pub async fn apply(es: Arc<EventStream>, ctx: Arc<Context>) -> Result<Action, Er
         }
     } else if reset.is_none() && requested_reset(&es).is_some() {
         // Annotation without persistence: nothing to reset; remove it so it does not linger.
-        let api: Api<EventStream> = Api::namespaced(ctx.client.clone(), &ns);
-        let patch =
-            serde_json::json!({"metadata": {"annotations": {RESET_OFFSETS_ANNOTATION: null}}});
-        api.patch(
-            &es.name_any(),
-            &PatchParams::default(),
-            &Patch::Merge(&patch),
-        )
-        .await?;
+        remove_reset_annotation(&es, &ctx, &ns).await?;
         ctx.publish(
             &es,
             EventType::Warning,
@@ -672,6 +694,7 @@ pub async fn apply(es: Arc<EventStream>, ctx: Arc<Context>) -> Result<Action, Er
             ready_replicas: ready_replicas(&sink),
             consumer_group: es.sink_group(),
             lag,
+            offset_reset,
         }),
     };
     if old_status.observed_generation != generation {
@@ -694,6 +717,9 @@ pub async fn apply(es: Arc<EventStream>, ctx: Arc<Context>) -> Result<Action, Er
         .await;
     }
     write_status(&es, &ctx, &ns, status).await?;
+    if reset_done {
+        remove_reset_annotation(&es, &ctx, &ns).await?;
+    }
 
     Ok(match wait {
         Wait::Resync => {

@@ -286,6 +286,16 @@ pub enum ResetTo {
     Latest,
 }
 
+impl ResetTo {
+    /// As the annotation spells it.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            ResetTo::Earliest => "earliest",
+            ResetTo::Latest => "latest",
+        }
+    }
+}
+
 impl std::str::FromStr for ResetTo {
     type Err = String;
     fn from_str(s: &str) -> Result<Self, String> {
@@ -520,14 +530,15 @@ pub trait KafkaAdmin: Send + Sync + 'static {
         group: &'a str,
         topic: &'a str,
     ) -> BoxFuture<'a, Result<Option<i64>, KafkaAdminError>>;
-    /// Commits the earliest or latest offset of every partition for `group` (the group must be empty).
+    /// Commits the earliest or latest offset of every partition for `group` (the group must be
+    /// empty) and returns them (partition → offset).
     fn reset_group<'a>(
         &'a self,
         conn: &'a KafkaConnection,
         group: &'a str,
         topic: &'a str,
         to: ResetTo,
-    ) -> BoxFuture<'a, Result<(), KafkaAdminError>>;
+    ) -> BoxFuture<'a, Result<BTreeMap<i32, i64>, KafkaAdminError>>;
 }
 
 /// Brings the topic to the desired state: create, raise partitions, set configs. Returns what
@@ -1046,7 +1057,7 @@ impl KafkaAdmin for RdKafkaAdmin {
         group: &'a str,
         topic: &'a str,
         to: ResetTo,
-    ) -> BoxFuture<'a, Result<(), KafkaAdminError>> {
+    ) -> BoxFuture<'a, Result<BTreeMap<i32, i64>, KafkaAdminError>> {
         Box::pin(async move {
             let consumer = self.consumer(conn, group)?;
             let timeout = self.timeout;
@@ -1054,6 +1065,7 @@ impl KafkaAdmin for RdKafkaAdmin {
             let result = blocking(move || {
                 let metadata = consumer.fetch_metadata(Some(&topic_owned), timeout)?;
                 let mut tpl = TopicPartitionList::new();
+                let mut offsets = BTreeMap::new();
                 for t in metadata.topics().iter().filter(|t| t.name() == topic_owned) {
                     for p in t.partitions() {
                         let (low, high) =
@@ -1063,13 +1075,15 @@ impl KafkaAdmin for RdKafkaAdmin {
                             ResetTo::Latest => high,
                         };
                         tpl.add_partition_offset(&topic_owned, p.id(), Offset::Offset(offset))?;
+                        offsets.insert(p.id(), offset);
                     }
                 }
-                consumer.commit(&tpl, CommitMode::Sync)
+                consumer.commit(&tpl, CommitMode::Sync)?;
+                Ok(offsets)
             })
             .await;
             match result {
-                Ok(()) => Ok(()),
+                Ok(offsets) => Ok(offsets),
                 Err(e) => Err(map_err(conn, "reset the consumer group offsets", e).await),
             }
         })

@@ -215,18 +215,24 @@ async fn consumer_group_lag_reset_and_delete() {
         Some(3)
     );
 
-    admin
+    let latest = admin
         .reset_group(&conn, group, "frames", ResetTo::Latest)
         .await
         .expect("reset latest");
     assert_eq!(
+        latest,
+        BTreeMap::from([(0, 5)]),
+        "the offsets the sink is told"
+    );
+    assert_eq!(
         admin.group_lag(&conn, group, "frames").await.unwrap(),
         Some(0)
     );
-    admin
+    let earliest = admin
         .reset_group(&conn, group, "frames", ResetTo::Earliest)
         .await
         .expect("reset earliest");
+    assert_eq!(earliest, BTreeMap::from([(0, 0)]));
     assert_eq!(
         admin.group_lag(&conn, group, "frames").await.unwrap(),
         Some(5)

@@ -508,15 +508,73 @@ async fn offset_reset_scales_the_sink_to_zero_resets_and_removes_the_annotation(
             .lock()
             .contains(&"reset eventstream.racing.telemetry.sink Earliest".to_string())
     );
-    let merge = seen
+    // The resolved offsets go into the status (the sink reads them through its ConfigMap)
+    // before the annotation goes, so a failed status write cannot lose the request.
+    let status_at = seen
         .iter()
-        .find(|s| s.method == "PATCH" && s.uri == format!("{}?", es_path("")))
-        .expect("annotation patch");
+        .position(|s| s.method == "PATCH" && s.uri.starts_with(&es_path("/status")))
+        .expect("status patch");
+    let status = &seen[status_at].body["status"];
     assert_eq!(
-        merge.body,
+        status["sink"]["offsetReset"],
+        json!({
+            "id": "earliest@2025-06-15T15:06:40Z",
+            "to": "earliest",
+            "offsets": (0..10).map(|p| (p.to_string(), json!(0))).collect::<serde_json::Map<_, _>>()
+        })
+    );
+    let merge_at = seen
+        .iter()
+        .position(|s| s.method == "PATCH" && s.uri == format!("{}?", es_path("")))
+        .expect("annotation patch");
+    assert!(
+        merge_at > status_at,
+        "annotation removed after the status is written"
+    );
+    assert_eq!(
+        seen[merge_at].body,
         json!({"metadata": {"annotations": {"eventstream.dev/reset-sink-offsets": Value::Null}}})
     );
     assert!(event_reasons(&seen).contains(&"SinkOffsetsReset".to_string()));
+}
+
+#[tokio::test]
+async fn a_recorded_offset_reset_reaches_the_sink_config_and_stays() {
+    let kafka = Arc::new(FakeKafka::default());
+    let mut es = finalized(telemetry());
+    let reset = eventstream_crds::v1alpha1::SinkOffsetReset {
+        id: "latest@2025-06-15T15:06:40Z".into(),
+        to: "latest".into(),
+        offsets: [("0".to_string(), 100), ("1".to_string(), 90)].into(),
+    };
+    es.status = Some(eventstream_crds::v1alpha1::EventStreamStatus {
+        sink: Some(eventstream_crds::v1alpha1::SinkStatus {
+            offset_reset: Some(reset.clone()),
+            ..Default::default()
+        }),
+        ..Default::default()
+    });
+    let (_, seen) = run(es, kafka, db_secret()).await;
+    let cm = seen
+        .iter()
+        .find(|s| s.uri.contains("configmaps/"))
+        .expect("configmap applied");
+    let text = cm.body["data"]["config.yaml"]
+        .as_str()
+        .expect("config text");
+    let config = eventstream_crds::config::DataplaneConfig::from_yaml(text).expect("valid config");
+    let applied = config
+        .sink
+        .and_then(|s| s.offset_reset)
+        .expect("reset in config");
+    assert_eq!(applied.id, reset.id);
+    assert_eq!(applied.offsets, [(0, 100), (1, 90)].into());
+    let status = status_of(&seen);
+    assert_eq!(
+        status.sink.and_then(|s| s.offset_reset),
+        Some(reset),
+        "the record stays in the status, so the ConfigMap (and the sink pods) do not change again"
+    );
 }
 
 /// Mocked API, real Kafka: the broker's refusal of CreatePartitions (tansu has none) becomes

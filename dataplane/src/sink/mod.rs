@@ -126,6 +126,7 @@ pub async fn run_with(
         table: TableName::parse(&sink.table),
         timescale: sink.timescale,
         payload: sink.payload,
+        offset_reset: sink.offset_reset.clone(),
     };
     let mut writer = Writer::new(pg_config, target, dead_letters, metrics.clone());
 

@@ -1,6 +1,7 @@
 //! The tables the sink owns: the events table (created when absent, checked when present, a
-//! TimescaleDB hypertable when asked and possible) and `eventstream_offsets`, the positions that
-//! make writes exactly once. The checks and DDL are pure functions; [`prepare`] runs them.
+//! TimescaleDB hypertable when asked and possible), `eventstream_offsets`, the positions that
+//! make writes exactly once, and `eventstream_offset_resets`, the operator-requested position
+//! resets already applied. The checks and DDL are pure functions; [`prepare`] runs them.
 //!
 //! `docs/persistence.md` documents the schema and the queries the indexes serve.
 
@@ -11,6 +12,8 @@ use super::SinkError;
 
 /// Name of the positions table, created in the events table's schema.
 pub const OFFSETS_TABLE: &str = "eventstream_offsets";
+/// The offset resets a database has seen (`sink.offsetReset`), so each applies once.
+pub const RESETS_TABLE: &str = "eventstream_offset_resets";
 
 /// A `[schema.]table` name from the config (already validated as lower-case identifiers).
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -65,6 +68,11 @@ impl TableName {
     /// The quoted, qualified positions table for SQL.
     pub fn offsets_sql(&self) -> String {
         self.qualify(OFFSETS_TABLE)
+    }
+
+    /// The quoted, qualified offset-resets table for SQL.
+    pub fn resets_sql(&self) -> String {
+        self.qualify(RESETS_TABLE)
     }
 
     /// The name of the primary key the sink gives a table it creates.
@@ -177,6 +185,16 @@ pub fn ddl(table: &TableName, storage: Storage, format: PayloadFormat) -> Vec<St
            updated_at timestamptz NOT NULL DEFAULT now(),\n  \
            PRIMARY KEY (stream, topic, \"partition\")\n)",
         table.offsets_sql()
+    ));
+    out.push(format!(
+        "CREATE TABLE IF NOT EXISTS {} (\n  \
+           stream text NOT NULL,\n  \
+           topic text NOT NULL,\n  \
+           id text NOT NULL,\n  \
+           moved boolean NOT NULL,\n  \
+           applied_at timestamptz NOT NULL DEFAULT now(),\n  \
+           PRIMARY KEY (stream, topic, id)\n)",
+        table.resets_sql()
     ));
     out
 }
@@ -355,7 +373,7 @@ pub async fn prepare(
     for statement in ddl(table, storage, format) {
         tx.batch_execute(&statement).await.map_err(schema_error(
             table,
-            "creating the table, its indexes or eventstream_offsets",
+            "creating the table, its indexes, eventstream_offsets or eventstream_offset_resets",
         ))?;
     }
     let dedup = tx

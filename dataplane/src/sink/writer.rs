@@ -21,6 +21,7 @@ use std::str::FromStr;
 use std::time::{Duration, Instant};
 
 use bytes::BytesMut;
+use eventstream_crds::config::OffsetReset;
 use eventstream_crds::v1alpha1::{PayloadFormat, Timescale};
 use futures::SinkExt;
 use tokio_postgres::error::SqlState;
@@ -54,6 +55,8 @@ pub struct Target {
     pub timescale: Timescale,
     /// `sink.payload`.
     pub payload: PayloadFormat,
+    /// `sink.offsetReset`: applied once per database when a session opens.
+    pub offset_reset: Option<OffsetReset>,
 }
 
 /// A committed batch.
@@ -178,6 +181,79 @@ fn db(action: &'static str) -> impl Fn(tokio_postgres::Error) -> SinkError {
     move |source| SinkError::Database { action, source }
 }
 
+/// Applies `reset` unless this database has seen its id: in one transaction, records the id and
+/// moves the stored positions of the reset's partitions. A database without any stored position
+/// of the stream (a new one) records the id without moving anything: the reset was meant for the
+/// database the sink used when it was requested.
+async fn apply_reset(
+    client: &mut Client,
+    target: &Target,
+    reset: &OffsetReset,
+) -> Result<(), SinkError> {
+    let resets = target.table.resets_sql();
+    let offsets = target.table.offsets_sql();
+    let tx = client
+        .transaction()
+        .await
+        .map_err(db("beginning the offset reset"))?;
+    // Serializes concurrent sinks of the stream: the second one waits, then sees the id.
+    tx.execute(
+        "SELECT pg_advisory_xact_lock(hashtext('eventstream-offset-reset:' || $1))",
+        &[&target.stream],
+    )
+    .await
+    .map_err(db("locking the offset reset"))?;
+    let seen = tx
+        .query_opt(
+            &format!("SELECT moved FROM {resets} WHERE stream = $1 AND topic = $2 AND id = $3"),
+            &[&target.stream, &target.topic, &reset.id],
+        )
+        .await
+        .map_err(db("reading applied offset resets"))?;
+    if seen.is_some() {
+        return Ok(());
+    }
+    let stored: i64 = tx
+        .query_one(
+            &format!("SELECT count(*) FROM {offsets} WHERE stream = $1 AND topic = $2"),
+            &[&target.stream, &target.topic],
+        )
+        .await
+        .map_err(db("reading stored positions"))?
+        .get(0);
+    let moved = stored > 0;
+    if moved {
+        let (parts, next): (Vec<i32>, Vec<i64>) =
+            reset.offsets.iter().map(|(p, n)| (*p, *n)).unzip();
+        tx.execute(
+            &format!(
+                "INSERT INTO {offsets} (stream, topic, \"partition\", next_offset)
+                 SELECT $1, $2, p, n FROM unnest($3::int4[], $4::int8[]) AS v(p, n)
+                 ON CONFLICT (stream, topic, \"partition\")
+                 DO UPDATE SET next_offset = EXCLUDED.next_offset, updated_at = now()"
+            ),
+            &[&target.stream, &target.topic, &parts, &next],
+        )
+        .await
+        .map_err(db("moving stored positions"))?;
+    }
+    tx.execute(
+        &format!("INSERT INTO {resets} (stream, topic, id, moved) VALUES ($1, $2, $3, $4)"),
+        &[&target.stream, &target.topic, &reset.id, &moved],
+    )
+    .await
+    .map_err(db("recording the offset reset"))?;
+    tx.commit()
+        .await
+        .map_err(db("committing the offset reset"))?;
+    if moved {
+        tracing::warn!(id = %reset.id, positions = ?reset.offsets, "applied the requested offset reset: partitions resume from these offsets");
+    } else {
+        tracing::info!(id = %reset.id, "offset reset recorded but not applied: this database holds no positions of the stream yet");
+    }
+    Ok(())
+}
+
 /// How a failed attempt ended.
 enum Attempt {
     /// PostgreSQL refused row data: redo carefully.
@@ -291,6 +367,9 @@ impl Writer {
             ))
             .await?,
         };
+        if let Some(reset) = &t.offset_reset {
+            apply_reset(&mut client, t, reset).await?;
+        }
         tracing::info!(
             database = %describe(&self.config),
             table = %t.table.display(),

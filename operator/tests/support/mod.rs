@@ -275,10 +275,18 @@ impl KafkaAdmin for FakeKafka {
         &'a self,
         _: &'a KafkaConnection,
         group: &'a str,
-        _: &'a str,
+        topic: &'a str,
         to: ResetTo,
-    ) -> BoxFuture<'a, Result<(), KafkaAdminError>> {
-        Box::pin(async move { self.check(format!("reset {group} {to:?}")) })
+    ) -> BoxFuture<'a, Result<BTreeMap<i32, i64>, KafkaAdminError>> {
+        Box::pin(async move {
+            self.check(format!("reset {group} {to:?}"))?;
+            let partitions = self.topics.lock().get(topic).map_or(0, |t| t.partitions);
+            let offset = match to {
+                ResetTo::Earliest => 0,
+                ResetTo::Latest => 100,
+            };
+            Ok((0..partitions).map(|p| (p, offset)).collect())
+        })
     }
 }
 
