@@ -8,7 +8,6 @@
 //! (tansu), the table name, the listen address (a free port per process), and
 //! `fetch.wait.max.ms` (tansu sleeps that long in every fetch; see `eventstream_testkit::tansu`).
 
-use std::collections::BTreeMap;
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
 use std::time::Duration;
@@ -18,7 +17,7 @@ use eventstream_crds::EventStream;
 use eventstream_crds::config::DataplaneConfig;
 use eventstream_crds::render::{RenderDefaults, dataplane_config};
 use eventstream_operator::kafka_admin::{
-    DesiredTopic, KafkaConnection, RdKafkaAdmin, TopicReport, ensure_topic,
+    DesiredTopic, KafkaConnection, RdKafkaAdmin, TopicReport, create_if_missing, ensure_topic,
 };
 
 use crate::binary::workspace_root;
@@ -61,12 +60,12 @@ pub fn example_files() -> Result<Vec<String>> {
 }
 
 /// Creates (or brings in line) the stream's topic with the operator's admin code, and the sink's
-/// dead-letter topic when the stream has persistence. tansu does not auto-create topics, and the
-/// sink produces its dead letters to `<topic>.dlq`.
+/// dead-letter topic (created when missing, as the operator does) when the stream has
+/// persistence: `(topic report, Some((dead-letter topic, created now)))`.
 pub async fn ensure_topics(
     es: &EventStream,
     bootstrap: &str,
-) -> Result<(TopicReport, Option<TopicReport>)> {
+) -> Result<(TopicReport, Option<(String, bool)>)> {
     let admin = RdKafkaAdmin::new(Duration::from_secs(10));
     let conn = KafkaConnection::plaintext(bootstrap);
     let desired = DesiredTopic::from_stream(es).context("the stream's desired topic")?;
@@ -75,18 +74,11 @@ pub async fn ensure_topics(
         .with_context(|| format!("ensuring topic {}", desired.name))?;
     let dlq = match &es.spec.persistence {
         Some(_) => {
-            let dlq = DesiredTopic {
-                name: es.dead_letter_topic(),
-                partitions: 1,
-                replication_factor: desired.replication_factor,
-                configs: BTreeMap::new(),
-                managed: true,
-            };
-            Some(
-                ensure_topic(&admin, &conn, &dlq)
-                    .await
-                    .with_context(|| format!("ensuring dead-letter topic {}", dlq.name))?,
-            )
+            let dlq = DesiredTopic::dead_letters(es).context("the dead-letter topic")?;
+            let created = create_if_missing(&admin, &conn, &dlq)
+                .await
+                .with_context(|| format!("creating dead-letter topic {}", dlq.name))?;
+            Some((dlq.name, created))
         }
         None => None,
     };

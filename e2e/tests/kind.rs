@@ -396,6 +396,12 @@ async fn stream_becomes_ready_and_carries_events_to_clients_and_postgres() -> Re
     );
     let reported = es.status.and_then(|st| st.topic).and_then(|t| t.partitions);
     ensure!(reported == Some(3), "status.topic.partitions {reported:?}");
+    // The broker does not auto-create topics (e2e/manifests/kafka.yaml): the operator did.
+    let dlq = format!("{topic}.dlq");
+    ensure!(
+        topic_partitions(&dlq)? == Some(1),
+        "dead-letter topic {dlq} has 1 partition"
+    );
 
     let pods = s.ready_bridge_pods("ready").await?;
     let pod = pods.first().context("a ready bridge pod")?;

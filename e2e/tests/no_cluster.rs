@@ -228,8 +228,15 @@ async fn telemetry_stream_end_to_end_with_crashes_and_restarts() -> Result<()> {
         "{:?}",
         topic.topic.configs
     );
-    ensure!(dlq.is_some_and(|d| d.topic.name == "racing.telemetry.dlq"));
-    let (again, _) = stream::ensure_topics(&es, &broker.bootstrap()).await?;
+    ensure!(
+        dlq == Some(("racing.telemetry.dlq".to_string(), true)),
+        "dead-letter topic created: {dlq:?}"
+    );
+    let (again, dlq_again) = stream::ensure_topics(&es, &broker.bootstrap()).await?;
+    ensure!(
+        dlq_again == Some(("racing.telemetry.dlq".to_string(), false)),
+        "dead-letter topic left alone: {dlq_again:?}"
+    );
     ensure!(
         !again.created && again.raised_from.is_none() && again.corrected.is_empty(),
         "a second reconcile changes nothing: {again:?}"

@@ -40,7 +40,7 @@ use crate::children::{self, Children, Component};
 use crate::conditions::{self, Check};
 use crate::kafka_admin::{
     DesiredTopic, KafkaAdmin, KafkaAdminError, KafkaConnection, ResetTo, TopicError, TopicReport,
-    ensure_topic,
+    create_if_missing, ensure_topic,
 };
 use crate::metrics::Metrics;
 use crate::secrets::{self, SecretError};
@@ -382,6 +382,60 @@ async fn topic_step(
     }
 }
 
+/// Creates the dead-letter topic when missing. `None` when it exists (or was just created).
+async fn dead_letter_step(
+    es: &EventStream,
+    ctx: &Context,
+    conn: &KafkaConnection,
+) -> Option<(Check, Wait)> {
+    let result = match DesiredTopic::dead_letters(es) {
+        Ok(d) => create_if_missing(ctx.kafka.as_ref(), conn, &d)
+            .await
+            .map(|created| (d, created)),
+        Err(e) => Err(e),
+    };
+    match result {
+        Ok((d, true)) => {
+            ctx.publish(
+                es,
+                EventType::Normal,
+                "DeadLetterTopicCreated",
+                "CreateTopic",
+                format!(
+                    "created the sink's dead-letter topic {} (1 partition)",
+                    d.name
+                ),
+            )
+            .await;
+            None
+        }
+        Ok((_, false)) => None,
+        Err(e) => {
+            if let TopicError::Kafka(k) = &e {
+                ctx.metrics
+                    .kafka_admin_errors
+                    .with_label_values(&[k.category()])
+                    .inc();
+            }
+            let message = format!("dead-letter topic {}: {e}", es.dead_letter_topic());
+            ctx.publish(
+                es,
+                EventType::Warning,
+                "DeadLetterTopicNotReady",
+                "CreateTopic",
+                message.clone(),
+            )
+            .await;
+            let wait = if e.is_transient() {
+                Wait::Retry
+            } else {
+                Wait::User
+            };
+            Some((Check::fail("DeadLetterTopicNotReady", message), wait))
+        }
+    }
+}
+
 async fn topic_events(
     es: &EventStream,
     ctx: &Context,
@@ -539,6 +593,16 @@ pub async fn apply(es: Arc<EventStream>, ctx: Arc<Context>) -> Result<Action, Er
         wait = wait.max(Wait::User);
     }
 
+    // The sink's dead-letter topic: brokers without auto-creation would refuse the first dead
+    // letter and stall the sink, so it exists before the sink runs.
+    let mut dead_letter_check: Option<Check> = None;
+    if let (Some(_), Some(conn)) = (&persistence, conn.as_ref().filter(|_| topic_check.ok))
+        && let Some((check, w)) = dead_letter_step(&es, &ctx, conn).await
+    {
+        dead_letter_check = Some(check);
+        wait = wait.max(w);
+    }
+
     // Children, ConfigMap first so pods never start without their config.
     let (bridge, sink) = apply_children(&es, &ctx, &ns, &children, &old_status).await?;
 
@@ -658,13 +722,16 @@ pub async fn apply(es: Arc<EventStream>, ctx: Arc<Context>) -> Result<Action, Er
     });
     let sink_check = match &persistence {
         None => Check::ok("NotConfigured", "spec.persistence is not set"),
-        Some(_) => sink_secret.or(sink_check).unwrap_or_else(|| {
-            conditions::workload(
-                &children::workload_name(&es, Component::Sink),
-                es.spec.sink.replicas,
-                sink.as_ref(),
-            )
-        }),
+        Some(_) => sink_secret
+            .or(dead_letter_check)
+            .or(sink_check)
+            .unwrap_or_else(|| {
+                conditions::workload(
+                    &children::workload_name(&es, Component::Sink),
+                    es.spec.sink.replicas,
+                    sink.as_ref(),
+                )
+            }),
     };
     // A rollout in progress needs no backoff: the Deployment watch triggers us when it moves.
     let ready_replicas = |d: &Option<Deployment>| {
@@ -826,6 +893,16 @@ pub async fn cleanup(es: Arc<EventStream>, ctx: Arc<Context>) -> Result<Action, 
     let delete_topic = es.spec.topic.deletion_policy == DeletionPolicy::Delete
         && es.spec.topic.managed
         && claimed_by_other(&es, &ctx.streams).is_none();
+    // The dead-letter topic goes with the topic, unless another stream's sink also uses it.
+    let dead_letters = es.dead_letter_topic();
+    let delete_dead_letters = delete_topic
+        && es.spec.persistence.is_some()
+        && !ctx.streams.state().iter().any(|other| {
+            other.metadata.uid != es.metadata.uid
+                && (other.topic_name() == dead_letters
+                    || (other.spec.persistence.is_some()
+                        && other.dead_letter_topic() == dead_letters))
+        });
     let needs_kafka = delete_topic || es.spec.persistence.is_some();
     let mut notes = Vec::new();
     if needs_kafka {
@@ -846,6 +923,9 @@ pub async fn cleanup(es: Arc<EventStream>, ctx: Arc<Context>) -> Result<Action, 
             let result = async {
                 if delete_topic {
                     ctx.kafka.delete_topic(&conn, &topic).await?;
+                }
+                if delete_dead_letters {
+                    ctx.kafka.delete_topic(&conn, &dead_letters).await?;
                 }
                 if es.spec.persistence.is_some() {
                     ctx.kafka.delete_group(&conn, &es.sink_group()).await?;
@@ -870,6 +950,9 @@ pub async fn cleanup(es: Arc<EventStream>, ctx: Arc<Context>) -> Result<Action, 
             }
             if delete_topic {
                 notes.push(format!("deleted topic {topic}"));
+            }
+            if delete_dead_letters {
+                notes.push(format!("deleted dead-letter topic {dead_letters}"));
             }
             if es.spec.persistence.is_some() {
                 notes.push(format!("deleted consumer group {}", es.sink_group()));

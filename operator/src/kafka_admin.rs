@@ -157,6 +157,24 @@ impl DesiredTopic {
             managed: t.managed,
         })
     }
+
+    /// The sink's dead-letter topic: one partition (dead letters are rare and read in order), the
+    /// stream's replication factor and retention. Created when missing, never altered afterwards:
+    /// it may be shared by several streams, and its settings are the user's to tune.
+    pub fn dead_letters(es: &EventStream) -> Result<Self, TopicError> {
+        let stream = Self::from_stream(es)?;
+        Ok(Self {
+            name: es.dead_letter_topic(),
+            partitions: 1,
+            replication_factor: stream.replication_factor,
+            configs: stream
+                .configs
+                .into_iter()
+                .filter(|(k, _)| k == "retention.ms")
+                .collect(),
+            managed: stream.managed,
+        })
+    }
 }
 
 /// The topic as the broker reports it.
@@ -539,6 +557,43 @@ pub trait KafkaAdmin: Send + Sync + 'static {
         topic: &'a str,
         to: ResetTo,
     ) -> BoxFuture<'a, Result<BTreeMap<i32, i64>, KafkaAdminError>>;
+}
+
+/// Creates `desired` when it does not exist (`managed: false`: only checks that it exists).
+/// Returns whether it was created. An existing topic is left exactly as it is.
+pub async fn create_if_missing(
+    admin: &dyn KafkaAdmin,
+    conn: &KafkaConnection,
+    desired: &DesiredTopic,
+) -> Result<bool, TopicError> {
+    let view = admin.describe(conn, &desired.name).await?;
+    if view.topic.is_some() {
+        return Ok(false);
+    }
+    if !desired.managed {
+        return Err(TopicError::NotFound {
+            topic: desired.name.clone(),
+        });
+    }
+    if let Some(rf) = desired.replication_factor
+        && rf as usize > view.brokers
+    {
+        return Err(TopicError::ReplicationFactorTooHigh {
+            requested: rf,
+            brokers: view.brokers,
+        });
+    }
+    admin
+        .create_topic(conn, desired)
+        .await
+        .map_err(|e| match e {
+            KafkaAdminError::Refused { message, .. } => TopicError::CreateFailed {
+                topic: desired.name.clone(),
+                message,
+            },
+            other => other.into(),
+        })?;
+    Ok(true)
 }
 
 /// Brings the topic to the desired state: create, raise partitions, set configs. Returns what

@@ -8,7 +8,7 @@ use std::time::Duration;
 
 use eventstream_operator::kafka_admin::{
     DesiredTopic, KafkaAdmin, KafkaAdminError, KafkaConnection, RdKafkaAdmin, ResetTo, TopicError,
-    ensure_topic,
+    create_if_missing, ensure_topic,
 };
 use eventstream_operator::kafka_wire::{ConfigOp, incremental_alter_configs};
 use eventstream_testkit::TansuBroker;
@@ -150,6 +150,44 @@ async fn topic_lifecycle_against_tansu() {
     };
     assert_eq!(
         ensure_topic(&admin, &conn, &unmanaged)
+            .await
+            .unwrap_err()
+            .reason(),
+        "TopicNotFound"
+    );
+
+    // The dead-letter path: created once with one partition, then left alone (even its drift).
+    let dlq = DesiredTopic {
+        partitions: 1,
+        ..desired("orders.dlq", 1)
+    };
+    assert!(
+        create_if_missing(&admin, &conn, &dlq)
+            .await
+            .expect("created")
+    );
+    set_by_hand(&broker, "orders.dlq", "retention.ms", "1000").await;
+    assert!(
+        !create_if_missing(&admin, &conn, &dlq)
+            .await
+            .expect("exists")
+    );
+    let view = admin
+        .describe(&conn, "orders.dlq")
+        .await
+        .unwrap()
+        .topic
+        .unwrap();
+    assert_eq!(
+        (view.partitions, view.configs["retention.ms"].as_str()),
+        (1, "1000")
+    );
+    let unmanaged = DesiredTopic {
+        managed: false,
+        ..desired("not-there.dlq", 1)
+    };
+    assert_eq!(
+        create_if_missing(&admin, &conn, &unmanaged)
             .await
             .unwrap_err()
             .reason(),

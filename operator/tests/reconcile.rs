@@ -74,6 +74,7 @@ fn create_sequence() -> Vec<String> {
     vec![
         events(), // TopicCreated
         format!("GET /api/v1{NS}/secrets/telemetry-db"),
+        events(), // DeadLetterTopicCreated
         format!("PATCH /api/v1{NS}/configmaps/telemetry-config{SSA}"),
         format!("PATCH /api/v1{NS}/services/telemetry-bridge{SSA}"),
         format!("PATCH /apis/apps/v1{NS}/deployments/telemetry-bridge{SSA}"),
@@ -114,22 +115,34 @@ async fn create_applies_topic_children_and_status_in_order() {
     );
     let lines: Vec<String> = seen.iter().map(Seen::line).collect();
     assert_eq!(lines, create_sequence());
-    assert_eq!(event_reasons(&seen), vec!["TopicCreated", "Created"]);
+    assert_eq!(
+        event_reasons(&seen),
+        vec!["TopicCreated", "DeadLetterTopicCreated", "Created"]
+    );
     assert_eq!(
         *kafka.calls.lock(),
         vec![
             "describe racing.telemetry",
             "create racing.telemetry",
             "describe racing.telemetry",
+            "describe racing.telemetry.dlq",
+            "create racing.telemetry.dlq",
             "lag eventstream.racing.telemetry.sink"
         ]
+    );
+    // The dead-letter topic: one partition, the stream's retention, nothing else.
+    let dlq = kafka.topics.lock()["racing.telemetry.dlq"].clone();
+    assert_eq!(dlq.partitions, 1);
+    assert_eq!(
+        dlq.configs,
+        [("retention.ms".to_string(), "604800000".to_string())].into()
     );
     // The database URL never appears in anything the operator writes.
     for s in &seen {
         assert!(!s.body.to_string().contains("postgres://"), "{}", s.line());
     }
     // Pod templates carry the config hash; children carry the owner reference.
-    let bridge = &seen[4].body;
+    let bridge = &seen[5].body;
     assert!(
         bridge["spec"]["template"]["metadata"]["annotations"]["eventstream.dev/config-hash"]
             .is_string()
@@ -268,6 +281,7 @@ async fn deletion_with_delete_policy_deletes_topic_and_group_then_the_finalizer(
         *kafka.calls.lock(),
         vec![
             "delete-topic racing.telemetry",
+            "delete-topic racing.telemetry.dlq",
             "delete-group eventstream.racing.telemetry.sink"
         ]
     );
@@ -279,6 +293,67 @@ async fn deletion_with_delete_policy_deletes_topic_and_group_then_the_finalizer(
         json!([{"op": "test", "path": "/metadata/finalizers/0", "value": "eventstream.dev/cleanup"},
                {"op": "remove", "path": "/metadata/finalizers/0"}])
     );
+}
+
+#[tokio::test]
+async fn a_dead_letter_topic_another_sink_uses_outlives_the_stream() {
+    let kafka = Arc::new(FakeKafka::default());
+    let shared = |mut es: EventStream| {
+        if let Some(p) = es.spec.persistence.as_mut() {
+            p.dead_letter_topic = Some("racing.dead-letters".into());
+        }
+        es
+    };
+    let mut es = shared(deleting(finalized(telemetry())));
+    es.spec.topic.deletion_policy = eventstream_crds::v1alpha1::DeletionPolicy::Delete;
+    let mut other = shared(finalized(telemetry()));
+    other.metadata.name = Some("laps".into());
+    other.metadata.uid = Some("11111111-0000-4000-8000-000000000002".into());
+    other.spec.topic.name = Some("racing.laps".into());
+    let (client, server) = api_server(db_secret(), Some(es.clone()));
+    let ctx = context(client, kafka.clone(), &[es.clone(), other]);
+    let result = reconcile(Arc::new(es), ctx.clone()).await;
+    drop(ctx);
+    server.finish().await;
+    assert!(result.is_ok(), "{result:?}");
+    assert_eq!(
+        *kafka.calls.lock(),
+        vec![
+            "delete-topic racing.telemetry",
+            "delete-group eventstream.racing.telemetry.sink"
+        ],
+        "racing/laps still dead-letters into racing.dead-letters"
+    );
+}
+
+#[tokio::test]
+async fn a_refused_dead_letter_topic_makes_the_sink_not_ready() {
+    let kafka = Arc::new(FakeKafka::default());
+    kafka
+        .refuse
+        .lock()
+        .push("create racing.telemetry.dlq".into());
+    let (result, seen) = run(finalized(telemetry()), kafka.clone(), db_secret()).await;
+    assert_eq!(
+        result,
+        Ok(Action::requeue(Duration::from_secs(300))),
+        "a refusal (ACLs) needs the user, as for the stream's own topic"
+    );
+    let status = status_of(&seen);
+    assert_eq!(condition(&status, "TopicReady").status, "True");
+    assert_eq!(condition(&status, "BridgeReady").status, "True");
+    let sink = condition(&status, "SinkReady");
+    assert_eq!(
+        (sink.status.as_str(), sink.reason.as_str()),
+        ("False", "DeadLetterTopicNotReady")
+    );
+    assert!(
+        sink.message.contains("racing.telemetry.dlq") && sink.message.contains("authorization"),
+        "{}",
+        sink.message
+    );
+    assert_eq!(condition(&status, "Ready").status, "False");
+    assert!(event_reasons(&seen).contains(&"DeadLetterTopicNotReady".to_string()));
 }
 
 #[tokio::test]

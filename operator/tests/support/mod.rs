@@ -163,11 +163,20 @@ pub struct FakeKafka {
     pub unreachable: Mutex<bool>,
     pub calls: Mutex<Vec<String>>,
     pub lag: Mutex<Option<i64>>,
+    /// Calls (as recorded in `calls`) the broker refuses, e.g. `create racing.telemetry.dlq`.
+    pub refuse: Mutex<Vec<String>>,
 }
 
 impl FakeKafka {
     fn check(&self, call: String) -> Result<(), KafkaAdminError> {
-        self.calls.lock().push(call);
+        self.calls.lock().push(call.clone());
+        if self.refuse.lock().contains(&call) {
+            return Err(KafkaAdminError::Refused {
+                operation: call,
+                code: None,
+                message: "Broker: Topic authorization failed".into(),
+            });
+        }
         if *self.unreachable.lock() {
             return Err(KafkaAdminError::Unreachable {
                 bootstrap: "kafka.kafka:9092".into(),
