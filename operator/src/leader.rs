@@ -59,6 +59,7 @@ pub struct LeaderElector {
     name: String,
     identity: String,
     lease_duration: Duration,
+    renew_deadline: Duration,
     renew_every: Duration,
 }
 
@@ -70,8 +71,18 @@ impl LeaderElector {
             name: name.into(),
             identity: identity.into(),
             lease_duration: Duration::from_secs(15),
-            renew_every: Duration::from_secs(5),
+            renew_deadline: Duration::from_secs(10),
+            renew_every: Duration::from_secs(2),
         }
+    }
+
+    /// Lease duration (whole seconds, at least one: the Lease stores seconds) and renewal
+    /// period; the renew deadline is two thirds of the Lease, as controller-runtime's defaults.
+    pub fn timing(mut self, lease_duration: Duration, renew_every: Duration) -> Self {
+        self.lease_duration = Duration::from_secs(lease_duration.as_secs().max(1));
+        self.renew_deadline = self.lease_duration * 2 / 3;
+        self.renew_every = renew_every;
+        self
     }
 
     fn spec(&self, now: Timestamp, acquire: bool, previous: Option<&LeaseSpec>) -> LeaseSpec {
@@ -123,15 +134,18 @@ impl LeaderElector {
         }
     }
 
-    /// Campaigns forever, publishing leadership on `tx`. Once leader, a failed renewal for longer
-    /// than the lease duration publishes `false` (the caller stops).
+    /// Campaigns forever, publishing leadership on `tx`. Once leader, renewals failing for the
+    /// renew deadline (two thirds of the Lease) publish `false` (the caller stops): measured from
+    /// the start of the last successful request, so the old leader has stopped before any other
+    /// candidate can see the Lease expire.
     pub async fn run(self, tx: watch::Sender<bool>) {
         let mut last_success = std::time::Instant::now();
         loop {
             let leading = *tx.borrow();
+            let attempt = std::time::Instant::now();
             match self.try_acquire_or_renew().await {
                 Ok(true) => {
-                    last_success = std::time::Instant::now();
+                    last_success = attempt;
                     if !leading {
                         tracing::info!(identity = %self.identity, lease = %self.name, "became leader");
                         let _ = tx.send(true);
@@ -145,7 +159,7 @@ impl LeaderElector {
                 }
                 Err(e) => {
                     tracing::warn!(error = %e, "leader election request failed");
-                    if leading && last_success.elapsed() > self.lease_duration {
+                    if leading && last_success.elapsed() > self.renew_deadline {
                         tracing::error!("could not renew the leader Lease in time");
                         let _ = tx.send(false);
                     }
