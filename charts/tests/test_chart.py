@@ -125,6 +125,7 @@ ALL_ON = {
     "podDisruptionBudget": {"enabled": True, "minAvailable": 1},
     "dataplane": {
         "image": {"repository": "registry.example.com/eventstream", "tag": "0.1.0-custom"},
+        "monitorLabels": {"release": "kube-prometheus-stack", "example.com/team": "platform"},
         "podMonitor": {
             "enabled": True,
             "labels": {"release": "kube-prometheus-stack"},
@@ -489,6 +490,8 @@ def _():
     assert "--no-leader-election" not in c["args"] and f"--lease-name={RELEASE}-eventstream-operator" in c["args"], c["args"]
     assert "--kafka-bootstrap=my-cluster-kafka-bootstrap.kafka:9092" in c["args"]
     assert "--dataplane-image=registry.example.com/eventstream:0.1.0-custom" in c["args"]
+    labels = [a for a in c["args"] if a.startswith("--monitor-label=")]
+    assert labels == ["--monitor-label=example.com/team=platform", "--monitor-label=release=kube-prometheus-stack"], labels
     assert pod["imagePullSecrets"] == [{"name": "regcred"}]
     for key in ("nodeSelector", "tolerations", "affinity", "topologySpreadConstraints", "priorityClassName"):
         assert pod[key] == ALL_ON[key], f"{key} not passed through: {pod.get(key)}"

@@ -147,8 +147,8 @@ pub fn build(
         bridge_service: bridge_service(es),
         bridge_pdb: pdb(es, Component::Bridge, es.spec.bridge.replicas),
         sink_pdb,
-        service_monitor: cfg.service_monitor.then(|| service_monitor(es)),
-        pod_monitor: (cfg.pod_monitor && sink.is_some()).then(|| pod_monitor(es)),
+        service_monitor: cfg.service_monitor.then(|| service_monitor(es, cfg)),
+        pod_monitor: (cfg.pod_monitor && sink.is_some()).then(|| pod_monitor(es, cfg)),
         bridge,
         sink,
         config_map,
@@ -578,15 +578,23 @@ fn dynamic(
     ar: &ApiResource,
     component: Component,
     spec: serde_json::Value,
+    cfg: &crate::OperatorConfig,
 ) -> DynamicObject {
     let mut obj = DynamicObject::new(&workload_name(es, component), ar);
     obj.metadata = meta(es, workload_name(es, component), Some(component));
+    // `--monitor-label`s (e.g. `release=kube-prometheus-stack`, what Prometheus selects on);
+    // the operator's own labels win on a clash.
+    if let Some(labels) = obj.metadata.labels.as_mut() {
+        for (k, v) in &cfg.monitor_labels {
+            labels.entry(k.clone()).or_insert_with(|| v.clone());
+        }
+    }
     obj.data = serde_json::json!({ "spec": spec });
     obj
 }
 
 /// Scrapes `/metrics` on the bridge Service's `http` port.
-pub fn service_monitor(es: &EventStream) -> DynamicObject {
+pub fn service_monitor(es: &EventStream, cfg: &crate::OperatorConfig) -> DynamicObject {
     dynamic(
         es,
         &service_monitor_resource(),
@@ -595,11 +603,12 @@ pub fn service_monitor(es: &EventStream) -> DynamicObject {
             "selector": { "matchLabels": selector_labels(es, Some(Component::Bridge)) },
             "endpoints": [{ "port": HTTP_PORT_NAME, "path": "/metrics" }],
         }),
+        cfg,
     )
 }
 
 /// Scrapes `/metrics` on the sink pods (the sink has no Service).
-pub fn pod_monitor(es: &EventStream) -> DynamicObject {
+pub fn pod_monitor(es: &EventStream, cfg: &crate::OperatorConfig) -> DynamicObject {
     dynamic(
         es,
         &pod_monitor_resource(),
@@ -608,6 +617,7 @@ pub fn pod_monitor(es: &EventStream) -> DynamicObject {
             "selector": { "matchLabels": selector_labels(es, Some(Component::Sink)) },
             "podMetricsEndpoints": [{ "port": HTTP_PORT_NAME, "path": "/metrics" }],
         }),
+        cfg,
     )
 }
 
@@ -850,5 +860,31 @@ mod tests {
         assert_eq!(sm.types.as_ref().unwrap().kind, "ServiceMonitor");
         assert_eq!(sm.data["spec"]["endpoints"][0]["port"], "http");
         assert!(ch.pod_monitor.is_some());
+    }
+
+    #[test]
+    fn monitor_labels_reach_both_monitors_but_never_replace_ours() {
+        let es =
+            stream("persistence: { postgres: { urlSecretRef: { name: db, key: url }, table: t } }");
+        let with = OperatorConfig {
+            service_monitor: true,
+            pod_monitor: true,
+            monitor_labels: BTreeMap::from([
+                ("release".to_string(), "kube-prometheus-stack".to_string()),
+                ("app.kubernetes.io/name".to_string(), "hijack".to_string()),
+            ]),
+            ..cfg()
+        };
+        let ch = build(&es, &with, false).unwrap();
+        for monitor in [ch.service_monitor.unwrap(), ch.pod_monitor.unwrap()] {
+            let labels = monitor.metadata.labels.unwrap();
+            assert_eq!(labels["release"], "kube-prometheus-stack");
+            assert_eq!(labels["app.kubernetes.io/name"], "eventstream");
+        }
+        let bridge_labels = ch.bridge.metadata.labels.unwrap();
+        assert!(
+            !bridge_labels.contains_key("release"),
+            "only monitors get them"
+        );
     }
 }

@@ -1,6 +1,7 @@
 //! The operator's own settings ([`OperatorConfig`]): what flags and discovery add to every
 //! EventStream. Builders take it by reference, so a test can state every default it relies on.
 
+use std::collections::BTreeMap;
 use std::time::Duration;
 
 use eventstream_crds::render::RenderDefaults;
@@ -24,6 +25,9 @@ pub struct OperatorConfig {
     pub service_monitor: bool,
     /// Whether the `monitoring.coreos.com/v1` PodMonitor kind exists (found by discovery).
     pub pod_monitor: bool,
+    /// Labels added to the ServiceMonitor and PodMonitor of every stream (`--monitor-label`),
+    /// e.g. `release: kube-prometheus-stack` for its default monitor selectors.
+    pub monitor_labels: BTreeMap<String, String>,
     /// Periodic re-check of a healthy stream (topic drift, lag, replicas).
     pub resync: Duration,
     /// Re-check of a stream that waits for the user (missing Secret, rejected spec).
@@ -44,6 +48,7 @@ impl Default for OperatorConfig {
             namespace: None,
             service_monitor: false,
             pod_monitor: false,
+            monitor_labels: BTreeMap::new(),
             resync: Duration::from_secs(300),
             await_user: Duration::from_secs(300),
             backoff_base: Duration::from_secs(5),
@@ -72,10 +77,59 @@ impl OperatorConfig {
     }
 }
 
+/// Parses one `--monitor-label` value, `key=value`, with Kubernetes label syntax.
+pub fn parse_label(text: &str) -> Result<(String, String), String> {
+    let (key, value) = text
+        .split_once('=')
+        .ok_or_else(|| format!("{text:?} is not key=value"))?;
+    let (prefix, name) = match key.rsplit_once('/') {
+        Some((p, n)) => (Some(p), n),
+        None => (None, key),
+    };
+    let segment = |s: &str, max: usize| {
+        !s.is_empty()
+            && s.len() <= max
+            && s.starts_with(|c: char| c.is_ascii_alphanumeric())
+            && s.ends_with(|c: char| c.is_ascii_alphanumeric())
+            && s.chars()
+                .all(|c| c.is_ascii_alphanumeric() || matches!(c, '-' | '_' | '.'))
+    };
+    if !segment(name, 63) || prefix.is_some_and(|p| !segment(p, 253)) {
+        return Err(format!(
+            "label key {key:?}: [prefix/]name, name up to 63 characters [A-Za-z0-9-_.], starting and ending alphanumeric"
+        ));
+    }
+    if !value.is_empty() && !segment(value, 63) {
+        return Err(format!(
+            "label value {value:?}: up to 63 characters [A-Za-z0-9-_.], starting and ending alphanumeric"
+        ));
+    }
+    Ok((key.to_string(), value.to_string()))
+}
+
 #[cfg(test)]
 #[allow(clippy::unwrap_used)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn monitor_labels_parse_or_say_why_not() {
+        assert_eq!(
+            parse_label("release=kube-prometheus-stack").unwrap(),
+            ("release".into(), "kube-prometheus-stack".into())
+        );
+        assert_eq!(
+            parse_label("example.com/team=").unwrap(),
+            ("example.com/team".into(), String::new())
+        );
+        assert!(parse_label("release").unwrap_err().contains("key=value"));
+        assert!(parse_label("-bad=x").unwrap_err().contains("label key"));
+        assert!(
+            parse_label("ok=has space")
+                .unwrap_err()
+                .contains("label value")
+        );
+    }
 
     #[test]
     fn backoff_doubles_and_is_capped() {

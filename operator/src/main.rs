@@ -69,6 +69,15 @@ struct RunArgs {
     /// Periodic re-check of every stream (topic drift, lag), in seconds.
     #[arg(long, env = "EVENTSTREAM_RESYNC_SECONDS", default_value_t = 300)]
     resync_seconds: u64,
+    /// A label (key=value) for every ServiceMonitor and PodMonitor the operator creates, e.g.
+    /// release=kube-prometheus-stack; repeat the flag, or separate with commas in the env var.
+    #[arg(
+        long = "monitor-label",
+        env = "EVENTSTREAM_MONITOR_LABELS",
+        value_delimiter = ',',
+        value_parser = eventstream_operator::config::parse_label
+    )]
+    monitor_labels: Vec<(String, String)>,
 }
 
 fn hostname() -> String {
@@ -96,6 +105,7 @@ fn main() -> ExitCode {
                 namespace: args.namespace,
                 kafka_timeout: Duration::from_secs(args.kafka_timeout_seconds),
                 resync: Duration::from_secs(args.resync_seconds),
+                monitor_labels: args.monitor_labels.into_iter().collect(),
                 ..OperatorConfig::default()
             };
             let lease = (!args.no_leader_election).then(|| {
