@@ -353,17 +353,7 @@ async fn topic_step(
             Ok((check, Some(status), Some(conn), Wait::Resync))
         }
         Err(e) => {
-            if let TopicError::Kafka(k) = &e {
-                ctx.metrics
-                    .kafka_admin_errors
-                    .with_label_values(&[k.category()])
-                    .inc();
-            }
-            let wait = if e.is_transient() {
-                Wait::Retry
-            } else {
-                Wait::User
-            };
+            let wait = topic_failure(ctx, &e);
             ctx.publish(
                 es,
                 EventType::Warning,
@@ -379,6 +369,22 @@ async fn topic_step(
                 wait,
             ))
         }
+    }
+}
+
+/// Counts a failed topic step's Kafka error and says how long to wait: backoff when retrying
+/// may help, the user's pace otherwise.
+fn topic_failure(ctx: &Context, e: &TopicError) -> Wait {
+    if let TopicError::Kafka(k) = e {
+        ctx.metrics
+            .kafka_admin_errors
+            .with_label_values(&[k.category()])
+            .inc();
+    }
+    if e.is_transient() {
+        Wait::Retry
+    } else {
+        Wait::User
     }
 }
 
@@ -411,12 +417,7 @@ async fn dead_letter_step(
         }
         Ok((_, false)) => None,
         Err(e) => {
-            if let TopicError::Kafka(k) = &e {
-                ctx.metrics
-                    .kafka_admin_errors
-                    .with_label_values(&[k.category()])
-                    .inc();
-            }
+            let wait = topic_failure(ctx, &e);
             let message = format!("dead-letter topic {}: {e}", es.dead_letter_topic());
             ctx.publish(
                 es,
@@ -426,11 +427,6 @@ async fn dead_letter_step(
                 message.clone(),
             )
             .await;
-            let wait = if e.is_transient() {
-                Wait::Retry
-            } else {
-                Wait::User
-            };
             Some((Check::fail("DeadLetterTopicNotReady", message), wait))
         }
     }

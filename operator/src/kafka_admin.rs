@@ -570,19 +570,18 @@ pub async fn create_if_missing(
     if view.topic.is_some() {
         return Ok(false);
     }
-    if !desired.managed {
-        return Err(TopicError::NotFound {
-            topic: desired.name.clone(),
-        });
-    }
-    if let Some(rf) = desired.replication_factor
-        && rf as usize > view.brokers
-    {
-        return Err(TopicError::ReplicationFactorTooHigh {
-            requested: rf,
-            brokers: view.brokers,
-        });
-    }
+    // Missing: the plan is "create", or why not (unmanaged, too many replicas).
+    plan_topic(desired, &view)?;
+    create(admin, conn, desired).await?;
+    Ok(true)
+}
+
+/// CreateTopics, with the broker's refusal as [`TopicError::CreateFailed`].
+async fn create(
+    admin: &dyn KafkaAdmin,
+    conn: &KafkaConnection,
+    desired: &DesiredTopic,
+) -> Result<(), TopicError> {
     admin
         .create_topic(conn, desired)
         .await
@@ -592,8 +591,7 @@ pub async fn create_if_missing(
                 message,
             },
             other => other.into(),
-        })?;
-    Ok(true)
+        })
 }
 
 /// Brings the topic to the desired state: create, raise partitions, set configs. Returns what
@@ -606,16 +604,7 @@ pub async fn ensure_topic(
     let view = admin.describe(conn, &desired.name).await?;
     let plan = plan_topic(desired, &view)?;
     if plan.create {
-        admin
-            .create_topic(conn, desired)
-            .await
-            .map_err(|e| match e {
-                KafkaAdminError::Refused { message, .. } => TopicError::CreateFailed {
-                    topic: desired.name.clone(),
-                    message,
-                },
-                other => other.into(),
-            })?;
+        create(admin, conn, desired).await?;
     }
     let mut raised_from = None;
     if let (Some(to), Some(observed)) = (plan.raise_partitions, &view.topic) {
