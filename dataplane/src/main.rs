@@ -5,7 +5,7 @@
 //! - `check-config --config FILE`: validate a config and print every problem.
 //! - `standalone`: everything in one process with an embedded broker, for a laptop.
 
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 use std::process::ExitCode;
 
 use anyhow::{Context, Result};
@@ -95,8 +95,56 @@ fn main() -> ExitCode {
     match result {
         Ok(()) => ExitCode::SUCCESS,
         Err(e) => {
-            eprintln!("error: {e:#}");
+            let message = format!("error: {e:#}");
+            eprintln!("{message}");
+            write_termination_message(Path::new(TERMINATION_LOG), &message);
             ExitCode::FAILURE
         }
+    }
+}
+
+/// Where Kubernetes reads a container's last words (`terminationMessagePath`'s default).
+const TERMINATION_LOG: &str = "/dev/termination-log";
+
+/// In a pod, the fatal error goes to the termination log too: the operator shows it in the
+/// stream's status (`SinkReady=False CrashLoopBackOff: …`). Kubernetes keeps at most 4 KiB.
+/// Outside a pod the file does not exist and nothing is written.
+fn write_termination_message(path: &Path, message: &str) {
+    if !path.exists() {
+        return;
+    }
+    let mut end = message.len().min(4000);
+    while !message.is_char_boundary(end) {
+        end -= 1;
+    }
+    if let Err(e) = std::fs::write(path, &message[..end]) {
+        eprintln!("warning: could not write {}: {e}", path.display());
+    }
+}
+
+#[cfg(test)]
+#[allow(clippy::unwrap_used)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_fatal_error_reaches_an_existing_termination_log_only() {
+        let dir = tempfile::tempdir().unwrap();
+        let log = dir.path().join("termination-log");
+        write_termination_message(&log, "error: no pod here");
+        assert!(!log.exists(), "outside a pod nothing is created");
+        std::fs::write(&log, "").unwrap();
+        let long = format!("error: {}", "é".repeat(3000));
+        write_termination_message(&log, &long);
+        let written = std::fs::read_to_string(&log).unwrap();
+        assert!(
+            written.len() <= 4000 && long.starts_with(&written),
+            "cut at a char boundary"
+        );
+        write_termination_message(&log, "error: table t cannot take the sink's rows");
+        assert_eq!(
+            std::fs::read_to_string(&log).unwrap(),
+            "error: table t cannot take the sink's rows"
+        );
     }
 }

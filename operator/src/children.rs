@@ -413,6 +413,9 @@ fn pod_template(
                 .unwrap_or_else(|| cfg.dataplane_image.clone()),
         ),
         command: Some(vec![DATAPLANE_BINARY.into()]),
+        // The dataplane writes its fatal error to /dev/termination-log; a panic leaves the log
+        // tail instead. The operator shows either in the stream's status.
+        termination_message_policy: Some("FallbackToLogsOnError".into()),
         args: Some(vec![
             component.as_str().into(),
             "--config".into(),

@@ -3,6 +3,7 @@
 //! world gives a byte-identical status (no write, no watch event, no reconcile loop).
 
 use k8s_openapi::api::apps::v1::Deployment;
+use k8s_openapi::api::core::v1::Pod;
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::{Condition, Time};
 use k8s_openapi::jiff::Timestamp;
 
@@ -96,6 +97,57 @@ pub fn workload(name: &str, desired: i32, deployment: Option<&Deployment>) -> Ch
             format!("Deployment {name}: {ready}/{desired} replicas ready, {updated} updated"),
         )
     }
+}
+
+/// Waiting reasons of a container that will not get better by itself.
+const STUCK: [&str; 6] = [
+    "CrashLoopBackOff",
+    "ImagePullBackOff",
+    "ErrImagePull",
+    "InvalidImageName",
+    "CreateContainerConfigError",
+    "CreateContainerError",
+];
+
+/// Why the pods of a workload that is not ready fail, when a container says so: the first stuck
+/// container (crash loop, image pull, config error) with the message it left — the dataplane
+/// writes its fatal error to the termination log, so a sink that cannot use its table says
+/// exactly that here. `None` when no pod reports a failure (still starting, or scheduling).
+pub fn pod_failure(workload: &str, pods: &[Pod]) -> Option<Check> {
+    let mut pods: Vec<&Pod> = pods.iter().collect();
+    pods.sort_by_key(|p| p.metadata.name.clone());
+    for pod in pods {
+        let name = pod.metadata.name.as_deref().unwrap_or("?");
+        let statuses = pod
+            .status
+            .as_ref()
+            .and_then(|s| s.container_statuses.as_ref());
+        for c in statuses.into_iter().flatten() {
+            let waiting = c.state.as_ref().and_then(|s| s.waiting.as_ref());
+            let Some(reason) = waiting
+                .and_then(|w| w.reason.as_deref())
+                .filter(|r| STUCK.contains(r))
+            else {
+                continue;
+            };
+            let last = c.last_state.as_ref().and_then(|s| s.terminated.as_ref());
+            let said = last
+                .and_then(|t| t.message.as_deref())
+                .map(str::trim)
+                .filter(|m| !m.is_empty())
+                .or_else(|| waiting.and_then(|w| w.message.as_deref()))
+                .unwrap_or("no message");
+            let exit = last.map_or(String::new(), |t| format!(" (exit code {})", t.exit_code));
+            return Some(Check::fail(
+                reason,
+                format!(
+                    "{workload}: pod {name}, container {}: {reason}{exit}: {said}",
+                    c.name
+                ),
+            ));
+        }
+    }
+    None
 }
 
 /// The condition of `type_` for `check`, keeping `lastTransitionTime` from `existing` when the
@@ -260,5 +312,54 @@ mod tests {
     fn long_messages_are_truncated_on_a_char_boundary() {
         let c = condition(&[], READY, &Check::fail("X", "é".repeat(1000)), None, t(1));
         assert!(c.message.len() <= 1024 + '…'.len_utf8());
+    }
+
+    fn pod(name: &str, container: serde_json::Value) -> Pod {
+        serde_json::from_value(serde_json::json!({
+            "metadata": {"name": name},
+            "status": {"containerStatuses": [container]}
+        }))
+        .unwrap()
+    }
+
+    #[test]
+    fn a_crash_looping_pod_reports_its_termination_message() {
+        let starting = pod(
+            "sink-a",
+            serde_json::json!({"name": "sink", "ready": false, "restartCount": 0, "image": "i", "imageID": "",
+                "state": {"waiting": {"reason": "ContainerCreating"}}}),
+        );
+        assert_eq!(
+            pod_failure("Deployment telemetry-sink", std::slice::from_ref(&starting)),
+            None
+        );
+        let crashing = pod(
+            "sink-b",
+            serde_json::json!({"name": "sink", "ready": false, "restartCount": 4, "image": "i", "imageID": "",
+                "state": {"waiting": {"reason": "CrashLoopBackOff", "message": "back-off 40s restarting failed container"}},
+                "lastState": {"terminated": {"exitCode": 1,
+                    "message": "error: table telemetry_frames cannot take the sink's rows: column payload is text, expected jsonb\n"}}}),
+        );
+        let check = pod_failure("Deployment telemetry-sink", &[crashing, starting]).unwrap();
+        assert!(!check.ok);
+        assert_eq!(check.reason, "CrashLoopBackOff");
+        assert_eq!(
+            check.message,
+            "Deployment telemetry-sink: pod sink-b, container sink: CrashLoopBackOff (exit code 1): error: table telemetry_frames cannot take the sink's rows: column payload is text, expected jsonb"
+        );
+        let pulling = pod(
+            "bridge-a",
+            serde_json::json!({"name": "bridge", "ready": false, "restartCount": 0, "image": "i", "imageID": "",
+                "state": {"waiting": {"reason": "ImagePullBackOff", "message": "Back-off pulling image \"x:1\""}}}),
+        );
+        let check = pod_failure("Deployment b", &[pulling]).unwrap();
+        assert_eq!(check.reason, "ImagePullBackOff");
+        assert!(
+            check
+                .message
+                .ends_with("ImagePullBackOff: Back-off pulling image \"x:1\""),
+            "{}",
+            check.message
+        );
     }
 }

@@ -32,6 +32,9 @@ pub struct OperatorConfig {
     pub resync: Duration,
     /// Re-check of a stream that waits for the user (missing Secret, rejected spec).
     pub await_user: Duration,
+    /// Re-check of a stream whose bridge or sink pods are not ready (crash loops, image pulls do
+    /// not change the Deployment, so its watch does not trigger a reconcile).
+    pub rollout_check: Duration,
     /// First retry after a transient failure; doubled per consecutive failure.
     pub backoff_base: Duration,
     /// Longest retry delay after consecutive failures.
@@ -51,6 +54,7 @@ impl Default for OperatorConfig {
             monitor_labels: BTreeMap::new(),
             resync: Duration::from_secs(300),
             await_user: Duration::from_secs(300),
+            rollout_check: Duration::from_secs(30),
             backoff_base: Duration::from_secs(5),
             backoff_max: Duration::from_secs(300),
             kafka_timeout: Duration::from_secs(10),

@@ -20,7 +20,7 @@ use eventstream_crds::v1alpha1::{
 };
 use futures::StreamExt;
 use k8s_openapi::api::apps::v1::Deployment;
-use k8s_openapi::api::core::v1::{ConfigMap, Service};
+use k8s_openapi::api::core::v1::{ConfigMap, Pod, Service};
 use k8s_openapi::api::policy::v1::PodDisruptionBudget;
 use k8s_openapi::jiff::Timestamp;
 use kube::api::{Api, ApiResource, DeleteParams, DynamicObject, ListParams, Patch, PatchParams};
@@ -204,6 +204,8 @@ enum Wait {
     /// All good: periodic re-check.
     #[default]
     Resync,
+    /// Pods not ready yet: a short re-check (a crash loop does not touch its Deployment).
+    Rollout,
     /// Needs the user (Secret, spec): long requeue.
     User,
     /// Transient (Kafka unreachable, rollout step): backoff.
@@ -370,6 +372,34 @@ async fn topic_step(
             ))
         }
     }
+}
+
+/// Readiness of a workload; when it is not ready, the reason its pods give (a crash loop with
+/// the dataplane's fatal error, an image that cannot be pulled), if any.
+async fn workload_check(
+    es: &EventStream,
+    ctx: &Context,
+    ns: &str,
+    component: Component,
+    deployment: Option<&Deployment>,
+) -> Result<Check, Error> {
+    let name = children::workload_name(es, component);
+    let replicas = match component {
+        Component::Bridge => es.spec.bridge.replicas,
+        Component::Sink => es.spec.sink.replicas,
+    };
+    let check = conditions::workload(&name, replicas, deployment);
+    if check.ok {
+        return Ok(check);
+    }
+    let selector = children::selector_labels(es, Some(component))
+        .iter()
+        .map(|(k, v)| format!("{k}={v}"))
+        .collect::<Vec<_>>()
+        .join(",");
+    let api: Api<Pod> = Api::namespaced(ctx.client.clone(), ns);
+    let pods = api.list(&ListParams::default().labels(&selector)).await?;
+    Ok(conditions::pod_failure(&format!("Deployment {name}"), &pods.items).unwrap_or(check))
 }
 
 /// Counts a failed topic step's Kafka error and says how long to wait: backoff when retrying
@@ -712,24 +742,22 @@ pub async fn apply(es: Arc<EventStream>, ctx: Arc<Context>) -> Result<Action, Er
     }
 
     // Status.
-    let bridge_name = children::workload_name(&es, Component::Bridge);
-    let bridge_check = bridge_secret.unwrap_or_else(|| {
-        conditions::workload(&bridge_name, es.spec.bridge.replicas, bridge.as_ref())
-    });
-    let sink_check = match &persistence {
-        None => Check::ok("NotConfigured", "spec.persistence is not set"),
-        Some(_) => sink_secret
-            .or(dead_letter_check)
-            .or(sink_check)
-            .unwrap_or_else(|| {
-                conditions::workload(
-                    &children::workload_name(&es, Component::Sink),
-                    es.spec.sink.replicas,
-                    sink.as_ref(),
-                )
-            }),
+    let bridge_check = match bridge_secret {
+        Some(c) => c,
+        None => workload_check(&es, &ctx, &ns, Component::Bridge, bridge.as_ref()).await?,
     };
-    // A rollout in progress needs no backoff: the Deployment watch triggers us when it moves.
+    let sink_check = match (
+        &persistence,
+        sink_secret.or(dead_letter_check).or(sink_check),
+    ) {
+        (None, _) => Check::ok("NotConfigured", "spec.persistence is not set"),
+        (Some(_), Some(c)) => c,
+        (Some(_), None) => workload_check(&es, &ctx, &ns, Component::Sink, sink.as_ref()).await?,
+    };
+    if !bridge_check.ok || (persistence.is_some() && !sink_check.ok) {
+        // Pods crash-looping do not change their Deployment: look again soon.
+        wait = wait.max(Wait::Rollout);
+    }
     let ready_replicas = |d: &Option<Deployment>| {
         d.as_ref()
             .and_then(|d| d.status.as_ref())
@@ -789,6 +817,14 @@ pub async fn apply(es: Arc<EventStream>, ctx: Arc<Context>) -> Result<Action, Er
             ctx.succeeded(&es);
             ctx.metrics.reconciliations.with_label_values(&["ok"]).inc();
             Action::requeue(cfg.resync)
+        }
+        Wait::Rollout => {
+            ctx.succeeded(&es);
+            ctx.metrics
+                .reconciliations
+                .with_label_values(&["waiting"])
+                .inc();
+            Action::requeue(cfg.rollout_check)
         }
         Wait::User => {
             ctx.succeeded(&es);

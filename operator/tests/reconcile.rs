@@ -356,6 +356,65 @@ async fn a_refused_dead_letter_topic_makes_the_sink_not_ready() {
     assert!(event_reasons(&seen).contains(&"DeadLetterTopicNotReady".to_string()));
 }
 
+/// A sink that cannot use its table exits with the reason; the operator puts the pod's
+/// termination message into `SinkReady` and looks again soon (a crash loop does not change the
+/// Deployment, so no watch event would come).
+#[tokio::test]
+async fn a_crash_looping_sink_reports_its_error_in_the_status() {
+    let kafka = Arc::new(FakeKafka::default());
+    let es = finalized(telemetry());
+    let crashing = json!({
+        "metadata": {"name": "telemetry-sink-7d9f-x2x", "namespace": "racing"},
+        "status": {"containerStatuses": [{
+            "name": "sink", "ready": false, "restartCount": 3, "image": "i", "imageID": "",
+            "state": {"waiting": {"reason": "CrashLoopBackOff"}},
+            "lastState": {"terminated": {"exitCode": 1,
+                "message": "error: table telemetry_frames cannot take the sink's rows: column payload is text, expected jsonb"}}
+        }]}
+    });
+    let (client, server) = api_server_with_failing(
+        db_secret(),
+        Some(es.clone()),
+        Some(Failing {
+            deployment: "telemetry-sink".into(),
+            pods: vec![crashing],
+        }),
+    );
+    let ctx = context(client, kafka, std::slice::from_ref(&es));
+    let result = reconcile(Arc::new(es), ctx.clone()).await;
+    drop(ctx);
+    let seen = server.finish().await;
+    assert_eq!(
+        result.map_err(|e| e.to_string()),
+        Ok(Action::requeue(Duration::from_secs(30)))
+    );
+    let list = seen
+        .iter()
+        .find(|s| s.method == "GET" && s.uri.contains("/pods"))
+        .expect("the sink's pods are listed");
+    assert!(
+        list.uri.contains("app.kubernetes.io%2Fcomponent%3Dsink")
+            || list.uri.contains("app.kubernetes.io/component=sink"),
+        "{}",
+        list.uri
+    );
+    let status = status_of(&seen);
+    let sink = condition(&status, "SinkReady");
+    assert_eq!(
+        (sink.status.as_str(), sink.reason.as_str()),
+        ("False", "CrashLoopBackOff")
+    );
+    assert!(
+        sink.message
+            .contains("column payload is text, expected jsonb")
+            && sink.message.contains("telemetry-sink-7d9f-x2x"),
+        "{}",
+        sink.message
+    );
+    assert_eq!(condition(&status, "Ready").reason, "CrashLoopBackOff");
+    assert_eq!(condition(&status, "BridgeReady").status, "True");
+}
+
 #[tokio::test]
 async fn deletion_with_retain_policy_keeps_the_topic() {
     let kafka = Arc::new(FakeKafka::default());

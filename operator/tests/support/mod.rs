@@ -82,6 +82,22 @@ fn not_found(what: &str) -> Response<Body> {
 
 /// Starts the fake API server; `stream` is what GETs of the EventStream return.
 pub fn api_server(secrets: Secrets, stream: Option<EventStream>) -> (Client, ApiServer) {
+    api_server_with_failing(secrets, stream, None)
+}
+
+/// A workload whose pods fail: its Deployment reports no ready replica and pod lists return
+/// `pods`.
+pub struct Failing {
+    pub deployment: String,
+    pub pods: Vec<Value>,
+}
+
+/// [`api_server`] where `failing`'s Deployment is not ready and its pods say why.
+pub fn api_server_with_failing(
+    secrets: Secrets,
+    stream: Option<EventStream>,
+    failing: Option<Failing>,
+) -> (Client, ApiServer) {
     let (svc, mut handle) = tower_test::mock::pair::<Request<Body>, Response<Body>>();
     let client = Client::new(svc, "default");
     let log = Arc::new(Mutex::new(Vec::new()));
@@ -119,6 +135,11 @@ pub fn api_server(secrets: Secrets, stream: Option<EventStream>) -> (Client, Api
                         None => not_found("secret"),
                     }
                 }
+                "GET" if path.ends_with("/pods") => respond(
+                    StatusCode::OK,
+                    &json!({"apiVersion": "v1", "kind": "PodList", "metadata": {},
+                            "items": failing.as_ref().map(|f| f.pods.clone()).unwrap_or_default()}),
+                ),
                 "GET" => match &stream {
                     Some(es) => respond(StatusCode::OK, &serde_json::to_value(es).expect("json")),
                     None => not_found("object"),
@@ -143,8 +164,12 @@ pub fn api_server(secrets: Secrets, stream: Option<EventStream>) -> (Client, Api
                     if obj["kind"] == "Deployment" {
                         let replicas = obj["spec"]["replicas"].clone();
                         obj["metadata"]["generation"] = json!(1);
+                        let broken = failing
+                            .as_ref()
+                            .is_some_and(|f| obj["metadata"]["name"] == f.deployment.as_str());
+                        let ready = if broken { json!(0) } else { replicas.clone() };
                         obj["status"] = json!({"observedGeneration": 1, "replicas": replicas,
-                            "readyReplicas": replicas, "updatedReplicas": replicas});
+                            "readyReplicas": ready, "updatedReplicas": replicas});
                     }
                     respond(StatusCode::OK, &obj)
                 }
