@@ -427,6 +427,82 @@ async fn stream_becomes_ready_and_carries_events_to_clients_and_postgres() -> Re
 }
 
 /// Two bridge replicas: a client on each receives every event (no shared consumer group).
+/// `eventstream.dev/reset-sink-offsets: earliest` scales the sink down, records the offsets in
+/// the status, removes the annotation and brings the sink back, which stores the topic again:
+/// the table (created here without a key) holds every event twice, no offset three times.
+#[tokio::test]
+async fn sink_offset_reset_to_earliest_stores_the_topic_again() -> Result<()> {
+    let s = Scenario::new("reset").await?;
+    let table = format!("e2e_reset_{}", std::process::id());
+    psql(&format!(
+        r#"CREATE TABLE {table} ("partition" integer NOT NULL, "offset" bigint NOT NULL, key text,
+           ts timestamptz NOT NULL, payload jsonb, headers jsonb,
+           ingested_at timestamptz NOT NULL DEFAULT now())"#
+    ))?;
+    s.create(
+        "reset",
+        json!({
+            "persistence": {
+                "postgres": {"urlSecretRef": {"name": "e2e-db", "key": "url"}, "table": table},
+                "timescale": "off",
+                "batch": {"maxRows": 100, "maxDelay": "500ms"}
+            }
+        }),
+    )
+    .await?;
+    s.wait_ready("reset").await?;
+    let pods = s.ready_bridge_pods("reset").await?;
+    let pod = pods.first().context("a ready bridge pod")?;
+    let pf = PortForward::start(&s.namespace, pod)?;
+    post_sessions(&Producer::new()?, &pf.http("/produce"), 0, 20).await?;
+    let counts =
+        format!("SELECT count(*), count(DISTINCT (\"partition\", \"offset\")) FROM {table}");
+    eventually("20 rows", CHANGE_TIMEOUT, || async {
+        Ok((psql(&counts)?.trim() == "20|20").then_some(()))
+    })
+    .await?;
+
+    s.streams()
+        .patch(
+            "reset",
+            &PatchParams::default(),
+            &Patch::Merge(json!({"metadata": {"annotations": {"eventstream.dev/reset-sink-offsets": "earliest"}}})),
+        )
+        .await?;
+    let api = s.streams();
+    eventually(
+        "the reset to be recorded and the annotation removed",
+        READY_TIMEOUT,
+        || {
+            let api = api.clone();
+            async move {
+                let es = api.get("reset").await?;
+                let pending = es
+                    .annotations()
+                    .contains_key("eventstream.dev/reset-sink-offsets");
+                let recorded = es
+                    .status
+                    .and_then(|st| st.sink)
+                    .and_then(|sink| sink.offset_reset)
+                    .is_some_and(|r| r.to == "earliest");
+                Ok((!pending && recorded).then_some(()))
+            }
+        },
+    )
+    .await?;
+    eventually(
+        "every event stored a second time",
+        CHANGE_TIMEOUT,
+        || async { Ok((psql(&counts)?.trim() == "40|20").then_some(())) },
+    )
+    .await?;
+    s.wait_ready("reset").await?;
+    tokio::time::sleep(Duration::from_secs(3)).await;
+    ensure!(psql(&counts)?.trim() == "40|20", "applied once, not again");
+    psql(&format!("DROP TABLE {table}"))?;
+    s.finish().await
+}
+
 #[tokio::test]
 async fn two_bridge_replicas_both_deliver_everything() -> Result<()> {
     let s = Scenario::new("replicas").await?;
