@@ -18,6 +18,11 @@
 //! crash, which tests do not need. [`TestPostgresBuilder::durable`] turns
 //! them back on.
 //!
+//! [`TestPostgresBuilder::tls`] serves TLS (`ssl=on`) with a certificate from a fresh
+//! [`TestCa`] (rcgen); [`TestPostgresBuilder::tls_only`] refuses connections without TLS
+//! (`hostssl` in `pg_hba.conf`); [`TestPostgresBuilder::tls_client_certs`] also requires a client
+//! certificate from that CA (`cert` authentication).
+//!
 //! ```no_run
 //! # fn main() -> Result<(), eventstream_testkit::HarnessError> {
 //! let mut pg = eventstream_testkit::TestPostgres::start()?;
@@ -25,6 +30,14 @@
 //! let url = pg.url_for("events"); // postgres://postgres@127.0.0.1:PORT/events
 //! pg.stop()?; // outage
 //! pg.start_again()?; // same data, same port
+//! # Ok(()) }
+//! ```
+//!
+//! ```no_run
+//! # fn main() -> Result<(), eventstream_testkit::HarnessError> {
+//! let pg = eventstream_testkit::TestPostgres::builder().tls_only(true).start()?;
+//! let ca = pg.ca_file().expect("a TLS server has a CA file");
+//! let url = format!("{}?sslmode=verify-full&sslrootcert={}", pg.url(), ca.display());
 //! # Ok(()) }
 //! ```
 
@@ -54,6 +67,16 @@ pub struct TestPostgresBuilder {
     bin_dir: Option<PathBuf>,
     settings: Vec<(String, String)>,
     start_attempts: u32,
+    tls: TlsLevel,
+}
+
+/// How much TLS the server insists on.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord)]
+enum TlsLevel {
+    Off,
+    On,
+    Only,
+    ClientCerts,
 }
 
 impl Default for TestPostgresBuilder {
@@ -63,6 +86,7 @@ impl Default for TestPostgresBuilder {
             bin_dir: None,
             settings: Vec::new(),
             start_attempts: DEFAULT_START_ATTEMPTS,
+            tls: TlsLevel::Off,
         }
     }
 }
@@ -97,6 +121,44 @@ impl TestPostgresBuilder {
         self
     }
 
+    /// `true`: serve TLS (`ssl=on`) with a fresh [`TestCa`] and a server certificate for
+    /// `localhost` and `127.0.0.1` (`server.crt`, and `server.key` with mode 0600, in the data
+    /// dir); connections without TLS are still accepted. The CA is [`TestPostgres::tls_ca`], its
+    /// certificate the file [`TestPostgres::ca_file`].
+    pub fn tls(mut self, on: bool) -> Self {
+        self.tls = if on {
+            self.tls.max(TlsLevel::On)
+        } else {
+            TlsLevel::Off
+        };
+        self
+    }
+
+    /// `true`: [`tls`](Self::tls), and TCP connections without TLS are refused (every `host`
+    /// line of `pg_hba.conf` becomes `hostssl`). `psql` (and so [`TestPostgres::psql`]) connects
+    /// with TLS by default.
+    pub fn tls_only(mut self, on: bool) -> Self {
+        self.tls = if on {
+            self.tls.max(TlsLevel::Only)
+        } else {
+            self.tls.min(TlsLevel::On)
+        };
+        self
+    }
+
+    /// `true`: [`tls_only`](Self::tls_only), and TCP logins need a client certificate issued by
+    /// the CA whose common name is the user (`cert` authentication, `ssl_ca_file`). A certificate
+    /// for the superuser is written beside the CA ([`TestPostgres::client_cert_files`]);
+    /// [`TestPostgres::psql`] uses it.
+    pub fn tls_client_certs(mut self, on: bool) -> Self {
+        self.tls = if on {
+            TlsLevel::ClientCerts
+        } else {
+            self.tls.min(TlsLevel::Only)
+        };
+        self
+    }
+
     /// Runs `initdb` and starts the server.
     pub fn start(self) -> Result<TestPostgres, HarnessError> {
         TestPostgres::start_with(self)
@@ -117,6 +179,8 @@ pub struct TestPostgres {
     port: u16,
     options: String,
     running: bool,
+    tls: Option<TestCa>,
+    client_certs: bool,
 }
 
 impl TestPostgres {
@@ -170,6 +234,8 @@ impl TestPostgres {
             port: 0,
             options: String::new(),
             running: false,
+            tls: None,
+            client_certs: false,
             dir,
         };
 
@@ -180,11 +246,19 @@ impl TestPostgres {
             .args(["-A", "trust", "-U", SUPERUSER, "--no-sync"])
             .args(["--encoding=UTF8", "--locale=C"]);
         run(&mut initdb, "initializing a PostgreSQL data dir")?;
+        let mut settings = builder.settings.clone();
+        if builder.tls > TlsLevel::Off {
+            pg.set_up_tls(builder.tls)?;
+            settings.insert(0, ("ssl".to_owned(), "on".to_owned()));
+            if builder.tls == TlsLevel::ClientCerts {
+                settings.insert(1, ("ssl_ca_file".to_owned(), "root.crt".to_owned()));
+            }
+        }
 
         let mut last_err = None;
         for _ in 0..builder.start_attempts {
             pg.port = crate::free_port()?;
-            pg.options = server_options(pg.port, pg.dir.path(), builder.durable, &builder.settings);
+            pg.options = server_options(pg.port, pg.dir.path(), builder.durable, &settings);
             // pg_ctl appends to the log: only this attempt's part counts.
             let log_start = std::fs::metadata(&pg.log_path).map_or(0, |m| m.len());
             match pg.pg_ctl_start() {
@@ -224,6 +298,29 @@ impl TestPostgres {
     /// The URL of another database of this cluster.
     pub fn url_for(&self, database: &str) -> String {
         format!("postgres://{SUPERUSER}@127.0.0.1:{}/{database}", self.port)
+    }
+
+    /// The CA that issued the server's certificate, when the server serves TLS.
+    pub fn tls_ca(&self) -> Option<&TestCa> {
+        self.tls.as_ref()
+    }
+
+    /// The PEM file of [`tls_ca`](Self::tls_ca)'s certificate (`ca.crt` in [`dir`](Self::dir),
+    /// readable by everyone), for `sslrootcert=`.
+    pub fn ca_file(&self) -> Option<PathBuf> {
+        self.tls.as_ref().map(|_| self.dir.path().join("ca.crt"))
+    }
+
+    /// The superuser's client certificate and key (`client.crt`, `client.key` with mode 0600,
+    /// in [`dir`](Self::dir)) when the server was built with
+    /// [`tls_client_certs`](TestPostgresBuilder::tls_client_certs).
+    pub fn client_cert_files(&self) -> Option<(PathBuf, PathBuf)> {
+        self.client_certs.then(|| {
+            (
+                self.dir.path().join("client.crt"),
+                self.dir.path().join("client.key"),
+            )
+        })
     }
 
     /// The TCP port the server listens on (stays the same across
@@ -284,6 +381,9 @@ impl TestPostgres {
             .env_remove("PGSERVICE")
             .env_remove("PGOPTIONS")
             .env_remove("PGSSLMODE");
+        if let Some((cert, key)) = self.client_cert_files() {
+            cmd.env("PGSSLCERT", cert).env("PGSSLKEY", key);
+        }
         run(&mut cmd, &format!("running SQL in database `{database}`"))
     }
 
@@ -321,6 +421,46 @@ impl TestPostgres {
             std::thread::sleep(Duration::from_millis(200 * u64::from(attempt)));
         }
         Err(self.start_failed(DEFAULT_START_ATTEMPTS, last))
+    }
+
+    /// Writes the CA, the server certificate and key (and for client certificates the CA as
+    /// `root.crt` and the superuser's certificate), and rewrites `pg_hba.conf` for `level`.
+    fn set_up_tls(&mut self, level: TlsLevel) -> Result<(), HarnessError> {
+        let ca = TestCa::new("eventstream test CA")?;
+        let server = ca.issue("localhost", &["localhost", "127.0.0.1"])?;
+        let crt = self.data_dir.join("server.crt");
+        let key = self.data_dir.join("server.key");
+        server.write(&crt, &key)?;
+        ca.write_cert(&self.dir.path().join("ca.crt"))?;
+        let mut owned = vec![crt, key];
+        if level == TlsLevel::ClientCerts {
+            let root = self.data_dir.join("root.crt");
+            ca.write_cert(&root)?;
+            owned.push(root);
+            let client = ca.issue(SUPERUSER, &[])?;
+            client.write(
+                &self.dir.path().join("client.crt"),
+                &self.dir.path().join("client.key"),
+            )?;
+            self.client_certs = true;
+        }
+        if self.as_postgres_user {
+            // PostgreSQL reads its key only when the server's user owns it (mode 0600).
+            run(
+                Command::new("chown").arg(SUPERUSER).args(&owned),
+                "giving the TLS files to the `postgres` user",
+            )?;
+        }
+        if level >= TlsLevel::Only {
+            let hba = self.data_dir.join("pg_hba.conf");
+            let text = std::fs::read_to_string(&hba)
+                .map_err(|e| HarnessError::io(format!("reading {}", hba.display()), e))?;
+            let text = hba_for_tls(&text, level == TlsLevel::ClientCerts);
+            std::fs::write(&hba, text)
+                .map_err(|e| HarnessError::io(format!("writing {}", hba.display()), e))?;
+        }
+        self.tls = Some(ca);
+        Ok(())
     }
 
     fn pg_ctl_start(&self) -> Result<(), String> {
@@ -442,6 +582,132 @@ fn server_options(
     opts
 }
 
+/// `pg_hba.conf` with every `host` line turned into `hostssl` (and its method into `cert` when
+/// `client_certs`).
+fn hba_for_tls(text: &str, client_certs: bool) -> String {
+    let mut out = String::with_capacity(text.len() + 64);
+    for line in text.lines() {
+        let mut fields = line.split_whitespace();
+        if fields.next() == Some("host") {
+            let mut fields: Vec<&str> = line.split_whitespace().collect();
+            fields[0] = "hostssl";
+            if client_certs && let Some(method) = fields.last_mut() {
+                *method = "cert";
+            }
+            out.push_str(&fields.join(" "));
+        } else {
+            out.push_str(line);
+        }
+        out.push('\n');
+    }
+    out
+}
+
+/// A throw-away certificate authority (ECDSA P-256, made with rcgen) for TLS tests.
+#[derive(Debug)]
+pub struct TestCa {
+    issuer: rcgen::CertifiedIssuer<'static, rcgen::KeyPair>,
+}
+
+/// A certificate and its private key, PEM.
+#[derive(Debug, Clone)]
+pub struct IssuedCert {
+    /// `-----BEGIN CERTIFICATE-----` …
+    pub cert_pem: String,
+    /// `-----BEGIN PRIVATE KEY-----` … (PKCS#8)
+    pub key_pem: String,
+}
+
+fn rcgen_error(context: &str, e: rcgen::Error) -> HarnessError {
+    HarnessError::InvalidState(format!("{context}: {e}"))
+}
+
+impl TestCa {
+    /// A new self-signed CA whose common name is `name` (rcgen's default validity, 1975 to 4096).
+    pub fn new(name: &str) -> Result<Self, HarnessError> {
+        let mut params = rcgen::CertificateParams::new(Vec::<String>::new())
+            .map_err(|e| rcgen_error("CA parameters", e))?;
+        params
+            .distinguished_name
+            .push(rcgen::DnType::CommonName, name);
+        params.is_ca = rcgen::IsCa::Ca(rcgen::BasicConstraints::Unconstrained);
+        params.key_usages = vec![
+            rcgen::KeyUsagePurpose::KeyCertSign,
+            rcgen::KeyUsagePurpose::CrlSign,
+            rcgen::KeyUsagePurpose::DigitalSignature,
+        ];
+        let key = rcgen::KeyPair::generate().map_err(|e| rcgen_error("CA key", e))?;
+        let issuer = rcgen::CertifiedIssuer::self_signed(params, key)
+            .map_err(|e| rcgen_error("self-signing the CA", e))?;
+        Ok(Self { issuer })
+    }
+
+    /// The CA certificate, PEM.
+    pub fn cert_pem(&self) -> String {
+        self.issuer.pem()
+    }
+
+    /// Writes the CA certificate to `path` (mode 0644).
+    pub fn write_cert(&self, path: &Path) -> Result<(), HarnessError> {
+        write_file(path, &self.cert_pem(), 0o644)
+    }
+
+    /// A leaf certificate with common name `common_name` and `names` (DNS names, or IP
+    /// addresses) as subjectAltName, usable by servers and clients.
+    pub fn issue(&self, common_name: &str, names: &[&str]) -> Result<IssuedCert, HarnessError> {
+        let mut params = rcgen::CertificateParams::new(
+            names.iter().map(|n| (*n).to_owned()).collect::<Vec<_>>(),
+        )
+        .map_err(|e| rcgen_error("certificate parameters", e))?;
+        params
+            .distinguished_name
+            .push(rcgen::DnType::CommonName, common_name);
+        params.is_ca = rcgen::IsCa::ExplicitNoCa;
+        params.key_usages = vec![rcgen::KeyUsagePurpose::DigitalSignature];
+        params.extended_key_usages = vec![
+            rcgen::ExtendedKeyUsagePurpose::ServerAuth,
+            rcgen::ExtendedKeyUsagePurpose::ClientAuth,
+        ];
+        params.use_authority_key_identifier_extension = true;
+        let key = rcgen::KeyPair::generate().map_err(|e| rcgen_error("certificate key", e))?;
+        let cert = params
+            .signed_by(&key, &self.issuer)
+            .map_err(|e| rcgen_error("signing a certificate", e))?;
+        Ok(IssuedCert {
+            cert_pem: cert.pem(),
+            key_pem: key.serialize_pem(),
+        })
+    }
+}
+
+impl IssuedCert {
+    /// Writes the certificate (mode 0644) and the key (mode 0600: PostgreSQL and libpq refuse
+    /// keys others can read).
+    pub fn write(&self, cert: &Path, key: &Path) -> Result<(), HarnessError> {
+        write_file(cert, &self.cert_pem, 0o644)?;
+        write_file(key, &self.key_pem, 0o600)
+    }
+}
+
+fn write_file(path: &Path, contents: &str, mode: u32) -> Result<(), HarnessError> {
+    use std::io::Write as _;
+    use std::os::unix::fs::OpenOptionsExt as _;
+    use std::os::unix::fs::PermissionsExt as _;
+    let context = || format!("writing {}", path.display());
+    let mut file = std::fs::OpenOptions::new()
+        .write(true)
+        .create(true)
+        .truncate(true)
+        .mode(mode)
+        .open(path)
+        .map_err(|e| HarnessError::io(context(), e))?;
+    file.write_all(contents.as_bytes())
+        .map_err(|e| HarnessError::io(context(), e))?;
+    // The umask may have narrowed `mode`; an existing file kept its old one.
+    std::fs::set_permissions(path, std::fs::Permissions::from_mode(mode))
+        .map_err(|e| HarnessError::io(context(), e))
+}
+
 /// The temp dir: under `$TMPDIR` normally, under `/tmp` when we must hand it
 /// to `postgres` (who may not be able to traverse root's `$TMPDIR`) or when
 /// `$TMPDIR` is so long the socket path would exceed the 107-byte limit.
@@ -497,6 +763,17 @@ mod tests {
              -c fsync=off -c synchronous_commit=off -c full_page_writes=off \
              -c 'application_name=it'\\''s'"
         );
+    }
+
+    #[test]
+    fn hba_for_tls_turns_host_lines_into_hostssl() {
+        let text = "# comment host\nlocal   all all trust\nhost    all all 127.0.0.1/32 trust\nhost all all ::1/128 trust\n";
+        assert_eq!(
+            hba_for_tls(text, false),
+            "# comment host\nlocal   all all trust\nhostssl all all 127.0.0.1/32 trust\nhostssl all all ::1/128 trust\n"
+        );
+        assert!(hba_for_tls(text, true).contains("hostssl all all 127.0.0.1/32 cert\n"));
+        assert!(hba_for_tls(text, true).contains("local   all all trust\n"));
     }
 
     #[test]

@@ -7,7 +7,7 @@ use rdkafka::error::KafkaError;
 #[derive(Debug, thiserror::Error)]
 pub enum SinkError {
     /// `EVENTSTREAM_POSTGRES_URL` cannot be parsed.
-    #[error("the PostgreSQL URL in {var} is invalid: {source}")]
+    #[error("the PostgreSQL URL in {var} is invalid: {source}{}", cause(.source))]
     InvalidUrl {
         /// The variable holding the URL.
         var: &'static str,
@@ -15,7 +15,7 @@ pub enum SinkError {
         source: tokio_postgres::Error,
     },
     /// The database server cannot be reached (refused, timed out, DNS).
-    #[error("cannot reach PostgreSQL at {target}: {source}")]
+    #[error("cannot reach PostgreSQL at {target}: {source}{}", cause(.source))]
     Unreachable {
         /// `user@host:port/database`, without the password.
         target: String,
@@ -40,15 +40,59 @@ pub enum SinkError {
         /// The server's message.
         message: String,
     },
-    /// The URL asks for TLS, which this build does not speak to PostgreSQL.
+    /// The URL's TLS parameters cannot be used: an unknown `sslmode`, a certificate file that is
+    /// missing or holds no certificate, `sslcert` without `sslkey`.
+    #[error("the PostgreSQL URL in {var}: {message}")]
+    TlsConfig {
+        /// The variable holding the URL.
+        var: &'static str,
+        /// What is wrong.
+        message: String,
+    },
+    /// TLS is required (`sslmode=require` or `verify-*`) but the server does not offer it.
     #[error(
-        "PostgreSQL at {target}: {source} (this build connects without TLS: use sslmode=disable or prefer)"
+        "PostgreSQL at {target} does not offer TLS, and sslmode={mode} requires it (enable ssl on the server, or set sslmode=prefer or disable)"
     )]
-    TlsUnsupported {
+    TlsUnavailable {
         /// `user@host:port/database`, without the password.
         target: String,
-        /// The connection error.
-        source: tokio_postgres::Error,
+        /// The URL's `sslmode`.
+        mode: &'static str,
+    },
+    /// The server accepts only TLS connections (`hostssl` in `pg_hba.conf`) and the URL said
+    /// `sslmode=disable`.
+    #[error(
+        "PostgreSQL at {target} refused a connection without TLS: {message} (the server requires TLS: set sslmode=require or verify-full instead of sslmode={mode})"
+    )]
+    TlsRequired {
+        /// `user@host:port/database`, without the password.
+        target: String,
+        /// The URL's `sslmode`.
+        mode: &'static str,
+        /// The server's message.
+        message: String,
+    },
+    /// The TLS handshake failed for a reason a retry cannot fix: the server's certificate is not
+    /// trusted or does not name the host, or client and server share no protocol.
+    #[error("TLS handshake with PostgreSQL at {target} failed (sslmode={mode}): {reason}")]
+    TlsHandshake {
+        /// `user@host:port/database`, without the password.
+        target: String,
+        /// The URL's `sslmode`.
+        mode: &'static str,
+        /// Why, and what to check.
+        reason: String,
+    },
+    /// The server accepted the TCP connection but did not finish the TLS handshake and login in
+    /// time.
+    #[error(
+        "PostgreSQL at {target} did not complete the connection (TLS handshake and login) within {seconds}s"
+    )]
+    ConnectTimeout {
+        /// `user@host:port/database`, without the password.
+        target: String,
+        /// The limit.
+        seconds: u64,
     },
     /// The events table exists but cannot take the sink's rows.
     #[error("table {table} exists with an incompatible shape: {}", problems.join("; "))]
@@ -75,7 +119,7 @@ pub enum SinkError {
     },
     /// A statement failed for a reason other than the row data (connection lost, server
     /// shutting down, lock timeout).
-    #[error("PostgreSQL error while {action}: {source}")]
+    #[error("PostgreSQL error while {action}: {source}{}", cause(.source))]
     Database {
         /// What was being done.
         action: &'static str,
@@ -126,6 +170,15 @@ pub enum SinkError {
     WriterGone,
 }
 
+/// `: cause` of a tokio-postgres error, whose own message leaves it out (`invalid connection
+/// string` without `unknown option `sslcrl``, `error connecting to server` without `Connection
+/// refused`, `db error` without the server's message).
+fn cause(error: &tokio_postgres::Error) -> String {
+    std::error::Error::source(error)
+        .map(|c| format!(": {c}"))
+        .unwrap_or_default()
+}
+
 impl SinkError {
     /// Whether waiting and trying again can succeed without a human changing something.
     pub fn is_retryable(&self) -> bool {
@@ -133,6 +186,7 @@ impl SinkError {
             Self::Unreachable { .. }
             | Self::Database { .. }
             | Self::Timeout { .. }
+            | Self::ConnectTimeout { .. }
             | Self::PositionMismatch { .. }
             | Self::DeadLetter { .. }
             | Self::Kafka { .. }
@@ -140,7 +194,10 @@ impl SinkError {
             Self::InvalidUrl { .. }
             | Self::Authentication { .. }
             | Self::DatabaseMissing { .. }
-            | Self::TlsUnsupported { .. }
+            | Self::TlsConfig { .. }
+            | Self::TlsUnavailable { .. }
+            | Self::TlsRequired { .. }
+            | Self::TlsHandshake { .. }
             | Self::IncompatibleTable { .. }
             | Self::TimescaleMissing
             | Self::WriterGone => false,
@@ -154,7 +211,11 @@ impl SinkError {
             Self::Unreachable { .. } => "unreachable",
             Self::Authentication { .. } => "authentication",
             Self::DatabaseMissing { .. } => "database_missing",
-            Self::TlsUnsupported { .. } => "tls",
+            Self::TlsConfig { .. } => "tls_config",
+            Self::TlsUnavailable { .. } | Self::TlsRequired { .. } | Self::TlsHandshake { .. } => {
+                "tls"
+            }
+            Self::ConnectTimeout { .. } => "timeout",
             Self::IncompatibleTable { .. } => "incompatible_table",
             Self::TimescaleMissing => "timescale_missing",
             Self::Schema { .. } => "schema",

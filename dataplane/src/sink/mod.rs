@@ -9,6 +9,8 @@
 //! - [`record`]: a copied Kafka record and the poison rule.
 //! - [`batch`]: collecting records into batches by rows, bytes and delay.
 //! - [`copy`]: PostgreSQL's binary `COPY` encoding.
+//! - [`connect`]: the URL with libpq's TLS parameters, opening sessions, connection errors.
+//! - [`tls`]: rustls client configurations for libpq's `sslmode`s.
 //! - [`schema`]: the events table, its shape check, TimescaleDB, `eventstream_offsets`.
 //! - [`writer`]: the transaction per batch (offset fence, `COPY`, dead letters, commit).
 //! - [`dead_letter`]: producing dead letters with their headers.
@@ -17,6 +19,7 @@
 
 pub mod backoff;
 pub mod batch;
+pub mod connect;
 pub mod consumer;
 pub mod copy;
 pub mod dead_letter;
@@ -24,6 +27,7 @@ pub mod error;
 pub mod metrics;
 pub mod record;
 pub mod schema;
+pub mod tls;
 pub mod writer;
 
 use std::sync::atomic::Ordering;
@@ -117,7 +121,12 @@ pub async fn run_with(
         shutdown.clone(),
     ));
 
-    let pg_config = writer::parse_url(&options.postgres_url, ENV_POSTGRES_URL)?;
+    let endpoint = connect::Endpoint::parse(&options.postgres_url, ENV_POSTGRES_URL)?;
+    tracing::info!(
+        database = %endpoint.describe(),
+        tls = %endpoint.tls.summary(),
+        "sink starting"
+    );
     let kafka = crate::kafka::client_config(&config.kafka)?;
     let dead_letters = DeadLetters::new(kafka.clone(), &sink.dead_letter_topic, &config.topic)?;
     let target = Target {
@@ -128,7 +137,7 @@ pub async fn run_with(
         payload: sink.payload,
         offset_reset: sink.offset_reset.clone(),
     };
-    let mut writer = Writer::new(pg_config, target, dead_letters, metrics.clone());
+    let mut writer = Writer::new(endpoint, target, dead_letters, metrics.clone());
 
     // Connect before joining the group: a wrong URL or table is reported at once, and an
     // unreachable database is waited for without holding partitions.

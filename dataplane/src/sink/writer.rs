@@ -17,7 +17,6 @@
 //! really a changed table (checked first) pauses the sink instead of dead-lettering everything.
 
 use std::collections::BTreeMap;
-use std::str::FromStr;
 use std::time::{Duration, Instant};
 
 use bytes::BytesMut;
@@ -25,10 +24,11 @@ use eventstream_crds::config::OffsetReset;
 use eventstream_crds::v1alpha1::{PayloadFormat, Timescale};
 use futures::SinkExt;
 use tokio_postgres::error::SqlState;
-use tokio_postgres::{Client, Config, NoTls, Statement, Transaction};
+use tokio_postgres::{Client, Config, Statement, Transaction};
 
 use super::SinkError;
 use super::batch::Batch;
+use super::connect::{self, Endpoint, SessionTls};
 use super::copy;
 use super::dead_letter::DeadLetters;
 use super::metrics::SinkMetrics;
@@ -37,8 +37,6 @@ use super::schema::{self, SchemaInfo, TableName};
 
 /// Longest a batch transaction (or a position lookup) may take before the session is dropped.
 pub const WRITE_TIMEOUT: Duration = Duration::from_secs(60);
-/// Default connect timeout when the URL sets none.
-const CONNECT_TIMEOUT: Duration = Duration::from_secs(10);
 /// Encoded bytes sent per `CopyData` message.
 const COPY_CHUNK: usize = 1 << 20;
 
@@ -102,79 +100,29 @@ struct Statements {
 
 struct Session {
     client: Client,
+    tls: SessionTls,
     statements: Statements,
     info: SchemaInfo,
 }
 
 /// The PostgreSQL writer; see the [module docs](self).
 pub struct Writer {
-    config: Config,
+    endpoint: Endpoint,
     target: Target,
     dead_letters: DeadLetters,
     metrics: SinkMetrics,
     session: Option<Session>,
 }
 
-/// `user@host:port/database` of a URL, never the password.
-pub fn describe(config: &Config) -> String {
-    let host = config
-        .get_hosts()
-        .iter()
-        .map(|h| match h {
-            tokio_postgres::config::Host::Tcp(name) => name.clone(),
-            #[cfg(unix)]
-            tokio_postgres::config::Host::Unix(path) => path.display().to_string(),
-        })
-        .collect::<Vec<_>>()
-        .join(",");
-    let port = config
-        .get_ports()
-        .first()
-        .map_or_else(|| "5432".to_string(), u16::to_string);
-    format!(
-        "{}@{host}:{port}/{}",
-        config.get_user().unwrap_or("(default user)"),
-        config.get_dbname().unwrap_or("(default database)")
-    )
-}
+pub use super::connect::describe;
 
-/// Parses a PostgreSQL URL or key=value string from `var`.
+/// Parses a PostgreSQL URL or key=value string from `var` into a tokio-postgres config alone.
+///
+/// The TLS settings beyond tokio-postgres' own are lost here (its `sslmode` becomes `require`
+/// for `require` and the `verify-*` modes, so a plain `connect(NoTls)` fails rather than
+/// connecting without TLS): use [`Endpoint::parse`] and [`super::connect::connect`] to connect.
 pub fn parse_url(url: &str, var: &'static str) -> Result<Config, SinkError> {
-    let mut config =
-        Config::from_str(url).map_err(|source| SinkError::InvalidUrl { var, source })?;
-    if config.get_connect_timeout().is_none() {
-        config.connect_timeout(CONNECT_TIMEOUT);
-    }
-    if config.get_application_name().is_none() {
-        config.application_name("eventstream-sink");
-    }
-    config.keepalives_idle(Duration::from_secs(30));
-    Ok(config)
-}
-
-fn connect_error(config: &Config, source: tokio_postgres::Error) -> SinkError {
-    let target = describe(config);
-    if let Some(db) = source.as_db_error() {
-        let code = db.code();
-        if *code == SqlState::INVALID_PASSWORD
-            || *code == SqlState::INVALID_AUTHORIZATION_SPECIFICATION
-        {
-            return SinkError::Authentication {
-                target,
-                message: db.message().to_string(),
-            };
-        }
-        if *code == SqlState::INVALID_CATALOG_NAME {
-            return SinkError::DatabaseMissing {
-                target,
-                message: db.message().to_string(),
-            };
-        }
-    }
-    if source.to_string().contains("TLS") {
-        return SinkError::TlsUnsupported { target, source };
-    }
-    SinkError::Unreachable { target, source }
+    Endpoint::parse(url, var).map(|e| e.config)
 }
 
 fn db(action: &'static str) -> impl Fn(tokio_postgres::Error) -> SinkError {
@@ -277,15 +225,15 @@ fn is_data_error(e: &tokio_postgres::Error) -> bool {
 }
 
 impl Writer {
-    /// A writer that connects lazily.
+    /// A writer that connects lazily, to an [`Endpoint`] (or a plain tokio-postgres config).
     pub fn new(
-        config: Config,
+        endpoint: impl Into<Endpoint>,
         target: Target,
         dead_letters: DeadLetters,
         metrics: SinkMetrics,
     ) -> Self {
         Self {
-            config,
+            endpoint: endpoint.into(),
             target,
             dead_letters,
             metrics,
@@ -293,9 +241,19 @@ impl Writer {
         }
     }
 
-    /// `user@host:port/database`.
+    /// `user@host:port/database` and the link: the open session's (`TLS, certificate and host
+    /// name verified against …`, `no TLS …`), or the URL's TLS settings when not connected.
     pub fn describe(&self) -> String {
-        describe(&self.config)
+        let link = match &self.session {
+            Some(s) if !s.client.is_closed() => s.tls.to_string(),
+            _ => format!("not connected, {}", self.endpoint.tls.summary()),
+        };
+        format!("{} ({link})", self.endpoint.describe())
+    }
+
+    /// The open session's link, if connected.
+    pub fn session_tls(&self) -> Option<&SessionTls> {
+        self.session.as_ref().map(|s| &s.tls)
     }
 
     /// Connects (if not connected) and prepares the schema and statements.
@@ -314,16 +272,7 @@ impl Writer {
     }
 
     async fn open(&self) -> Result<Session, SinkError> {
-        let (mut client, connection) = self
-            .config
-            .connect(NoTls)
-            .await
-            .map_err(|e| connect_error(&self.config, e))?;
-        tokio::spawn(async move {
-            if let Err(e) = connection.await {
-                tracing::debug!(error = %e, "PostgreSQL connection ended");
-            }
-        });
+        let (mut client, tls) = connect::connect(&self.endpoint).await?;
         let t = &self.target;
         let info = schema::prepare(&mut client, &t.table, t.timescale, t.payload).await?;
         let offsets = t.table.offsets_sql();
@@ -371,7 +320,8 @@ impl Writer {
             apply_reset(&mut client, t, reset).await?;
         }
         tracing::info!(
-            database = %describe(&self.config),
+            database = %self.endpoint.describe(),
+            tls = %tls,
             table = %t.table.display(),
             hypertable = info.hypertable,
             unique_key = info.dedup_index.as_deref().unwrap_or("none"),
@@ -379,6 +329,7 @@ impl Writer {
         );
         Ok(Session {
             client,
+            tls,
             statements,
             info,
         })
