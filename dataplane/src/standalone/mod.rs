@@ -123,28 +123,21 @@ async fn bind(listen: SocketAddr) -> anyhow::Result<tokio::net::TcpListener> {
 /// Connects once, so a wrong URL or a stopped server is one clear error at start rather than
 /// a sink retrying in the background.
 async fn probe_postgres(url: &str) -> anyhow::Result<()> {
-    let config = crate::sink::writer::parse_url(url, "--postgres-url")
+    use crate::sink::connect::{Endpoint, connect};
+    let endpoint = Endpoint::parse(url, "--postgres-url")
         .map_err(|e| anyhow::anyhow!("{e}; write postgres://user:password@host:port/database"))?;
-    let target = crate::sink::writer::describe(&config);
-    let connect = config.connect(tokio_postgres::NoTls);
-    match tokio::time::timeout(Duration::from_secs(10), connect).await {
-        Ok(Ok((_client, connection))) => {
-            drop(connection);
+    let target = endpoint.describe();
+    // The same connection code (and TLS settings: sslmode, sslrootcert, …) as the sink's.
+    match tokio::time::timeout(Duration::from_secs(15), connect(&endpoint)).await {
+        Ok(Ok((client, _tls))) => {
+            drop(client);
             Ok(())
         }
-        Ok(Err(e)) => {
-            let reason = e
-                .as_db_error()
-                .map_or_else(|| format!("{e}"), |db| db.message().to_string());
-            let reason = std::error::Error::source(&e)
-                .filter(|_| e.as_db_error().is_none())
-                .map_or(reason.clone(), |s| format!("{reason}: {s}"));
-            anyhow::bail!(
-                "cannot connect to PostgreSQL at {target} (--postgres-url): {reason}; start PostgreSQL or fix the URL"
-            )
-        }
+        Ok(Err(e)) => anyhow::bail!(
+            "cannot connect to PostgreSQL (--postgres-url): {e}; start PostgreSQL or fix the URL"
+        ),
         Err(_) => anyhow::bail!(
-            "cannot connect to PostgreSQL at {target} (--postgres-url): no answer within 10s; check the host and port"
+            "cannot connect to PostgreSQL at {target} (--postgres-url): no answer within 15s; check the host and port"
         ),
     }
 }
