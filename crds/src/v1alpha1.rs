@@ -548,6 +548,24 @@ pub struct PostgresSpec {
     /// Table to write, optionally schema-qualified (`analytics.events`). Created when absent.
     #[schemars(regex(pattern = r"^([a-z_][a-z0-9_]{0,62}\.)?[a-z_][a-z0-9_]{0,62}$"))]
     pub table: String,
+    /// Certificates for TLS to PostgreSQL, mounted into the sink. The TLS mode is the URL's
+    /// `sslmode` (`verify-full` to check the server; docs/persistence.md).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub tls: Option<PostgresTls>,
+}
+
+/// Certificates for the sink's PostgreSQL connection.
+#[derive(JsonSchema, Serialize, Deserialize, Clone, Debug, PartialEq, Eq, Default)]
+#[serde(rename_all = "camelCase")]
+pub struct PostgresTls {
+    /// Secret key holding the PEM CA bundle that signed the server's certificate (e.g. the RDS
+    /// bundle). The sink gets it as `PGSSLROOTCERT`, so `sslmode=verify-full` checks against it.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub ca_secret_ref: Option<SecretKeyRef>,
+    /// A `kubernetes.io/tls` Secret (`tls.crt`, `tls.key`) for client-certificate login; the sink
+    /// gets it as `PGSSLCERT` / `PGSSLKEY`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub client_cert_secret_ref: Option<LocalObjectRef>,
 }
 
 /// TimescaleDB mode.

@@ -305,13 +305,81 @@ fn env(es: &EventStream, component: Component) -> Vec<EnvVar> {
             if let Some(p) = &es.spec.persistence {
                 let r = &p.postgres.url_secret_ref;
                 env.push(secret_env(ENV_POSTGRES_URL, &r.name, &r.key));
+                // libpq's variables, which the sink reads when the URL does not set them.
+                let tls = p.postgres.tls.clone().unwrap_or_default();
+                if tls.ca_secret_ref.is_some() {
+                    env.push(plain_env(
+                        "PGSSLROOTCERT",
+                        &format!("{POSTGRES_CA_DIR}/ca.crt"),
+                    ));
+                }
+                if tls.client_cert_secret_ref.is_some() {
+                    env.push(plain_env(
+                        "PGSSLCERT",
+                        &format!("{POSTGRES_CLIENT_DIR}/tls.crt"),
+                    ));
+                    env.push(plain_env(
+                        "PGSSLKEY",
+                        &format!("{POSTGRES_CLIENT_DIR}/tls.key"),
+                    ));
+                }
             }
         }
     }
     env
 }
 
-fn volumes(es: &EventStream) -> (Vec<Volume>, Vec<VolumeMount>) {
+fn plain_env(name: &str, value: &str) -> EnvVar {
+    EnvVar {
+        name: name.into(),
+        value: Some(value.into()),
+        ..EnvVar::default()
+    }
+}
+
+/// Where the sink finds the PostgreSQL CA bundle (`spec.persistence.postgres.tls.caSecretRef`).
+pub const POSTGRES_CA_DIR: &str = "/etc/eventstream/postgres-ca";
+/// Where the sink finds its PostgreSQL client certificate and key.
+pub const POSTGRES_CLIENT_DIR: &str = "/etc/eventstream/postgres-client";
+
+/// A read-only Secret volume of `items` (key → file), readable by the pod's group (fsGroup)
+/// only, mounted at `dir`.
+fn secret_volume(
+    name: &str,
+    secret: &str,
+    items: &[(&str, &str)],
+    dir: &str,
+) -> (Volume, VolumeMount) {
+    (
+        Volume {
+            name: name.into(),
+            secret: Some(SecretVolumeSource {
+                secret_name: Some(secret.into()),
+                items: Some(
+                    items
+                        .iter()
+                        .map(|(key, path)| KeyToPath {
+                            key: (*key).into(),
+                            path: (*path).into(),
+                            ..KeyToPath::default()
+                        })
+                        .collect(),
+                ),
+                default_mode: Some(0o440),
+                ..SecretVolumeSource::default()
+            }),
+            ..Volume::default()
+        },
+        VolumeMount {
+            name: name.into(),
+            mount_path: dir.into(),
+            read_only: Some(true),
+            ..VolumeMount::default()
+        },
+    )
+}
+
+fn volumes(es: &EventStream, component: Component) -> (Vec<Volume>, Vec<VolumeMount>) {
     let mut volumes = vec![
         Volume {
             name: "config".into(),
@@ -372,6 +440,30 @@ fn volumes(es: &EventStream) -> (Vec<Volume>, Vec<VolumeMount>) {
             ..VolumeMount::default()
         });
     }
+    let pg_tls = match (component, &es.spec.persistence) {
+        (Component::Sink, Some(p)) => p.postgres.tls.clone().unwrap_or_default(),
+        _ => Default::default(),
+    };
+    if let Some(r) = &pg_tls.ca_secret_ref {
+        let (v, m) = secret_volume(
+            "postgres-ca",
+            &r.name,
+            &[(&r.key, "ca.crt")],
+            POSTGRES_CA_DIR,
+        );
+        volumes.push(v);
+        mounts.push(m);
+    }
+    if let Some(r) = &pg_tls.client_cert_secret_ref {
+        let (v, m) = secret_volume(
+            "postgres-client",
+            &r.name,
+            &[("tls.crt", "tls.crt"), ("tls.key", "tls.key")],
+            POSTGRES_CLIENT_DIR,
+        );
+        volumes.push(v);
+        mounts.push(m);
+    }
     (volumes, mounts)
 }
 
@@ -403,7 +495,7 @@ fn pod_template(
     config_hash: &str,
 ) -> PodTemplateSpec {
     let workload = workload_spec(es, component);
-    let (volumes, volume_mounts) = volumes(es);
+    let (volumes, volume_mounts) = volumes(es, component);
     let container = Container {
         name: component.as_str().into(),
         image: Some(
@@ -739,6 +831,64 @@ mod tests {
                 .flatten()
                 .all(|e| e.name != ENV_POSTGRES_URL),
             "the bridge never sees the database URL"
+        );
+    }
+
+    #[test]
+    fn postgres_certificates_reach_only_the_sink_as_files_and_libpq_variables() {
+        let es = stream(
+            "persistence: { postgres: { urlSecretRef: { name: db, key: url }, table: frames, \
+             tls: { caSecretRef: { name: rds-ca, key: bundle.pem }, clientCertSecretRef: { name: writer-cert } } } }",
+        );
+        let ch = build(&es, &cfg(), false).unwrap();
+        let sink = ch.sink.expect("sink built");
+        let c = container(&sink);
+        let env: BTreeMap<String, Option<String>> = c
+            .env
+            .iter()
+            .flatten()
+            .map(|e| (e.name.clone(), e.value.clone()))
+            .collect();
+        assert_eq!(
+            env["PGSSLROOTCERT"].as_deref(),
+            Some("/etc/eventstream/postgres-ca/ca.crt")
+        );
+        assert_eq!(
+            env["PGSSLKEY"].as_deref(),
+            Some("/etc/eventstream/postgres-client/tls.key")
+        );
+        let pod = sink.spec.as_ref().unwrap().template.spec.as_ref().unwrap();
+        let volumes = pod.volumes.as_ref().unwrap();
+        let ca = volumes.iter().find(|v| v.name == "postgres-ca").unwrap();
+        let source = ca.secret.as_ref().unwrap();
+        assert_eq!(source.secret_name.as_deref(), Some("rds-ca"));
+        assert_eq!(source.items.as_ref().unwrap()[0].key, "bundle.pem");
+        assert_eq!(
+            source.default_mode,
+            Some(0o440),
+            "group-readable (fsGroup), nobody else"
+        );
+        let mounts: Vec<&str> = c
+            .volume_mounts
+            .iter()
+            .flatten()
+            .map(|m| m.mount_path.as_str())
+            .collect();
+        assert!(mounts.contains(&"/etc/eventstream/postgres-ca"));
+        assert!(mounts.contains(&"/etc/eventstream/postgres-client"));
+        let bridge = container(&ch.bridge);
+        assert!(
+            bridge
+                .env
+                .iter()
+                .flatten()
+                .all(|e| !e.name.starts_with("PGSSL"))
+                && bridge
+                    .volume_mounts
+                    .iter()
+                    .flatten()
+                    .all(|m| !m.mount_path.contains("postgres")),
+            "the bridge gets no database material"
         );
     }
 

@@ -593,18 +593,37 @@ pub async fn apply(es: Arc<EventStream>, ctx: Arc<Context>) -> Result<Action, Er
     let mut sink_secret: Option<Check> = None;
     if let Some(p) = &persistence {
         let r = &p.postgres.url_secret_ref;
-        match secrets::check_key(
-            &ctx.client,
-            &es,
-            &r.name,
-            &r.key,
+        let mut wanted = vec![(
+            r.name.as_str(),
+            r.key.as_str(),
             "spec.persistence.postgres.urlSecretRef",
-        )
-        .await
-        {
-            Ok(()) => {}
-            Err(SecretError::Kube(e)) => return Err(e.into()),
-            Err(e) => sink_secret = Some(Check::fail(e.reason(), e.to_string())),
+        )];
+        let tls = p.postgres.tls.as_ref();
+        if let Some(ca) = tls.and_then(|t| t.ca_secret_ref.as_ref()) {
+            wanted.push((
+                &ca.name,
+                &ca.key,
+                "spec.persistence.postgres.tls.caSecretRef",
+            ));
+        }
+        if let Some(cert) = tls.and_then(|t| t.client_cert_secret_ref.as_ref()) {
+            for key in ["tls.crt", "tls.key"] {
+                wanted.push((
+                    &cert.name,
+                    key,
+                    "spec.persistence.postgres.tls.clientCertSecretRef",
+                ));
+            }
+        }
+        for (name, key, field) in wanted {
+            match secrets::check_key(&ctx.client, &es, name, key, field).await {
+                Ok(()) => {}
+                Err(SecretError::Kube(e)) => return Err(e.into()),
+                Err(e) => {
+                    sink_secret = Some(Check::fail(e.reason(), e.to_string()));
+                    break;
+                }
+            }
         }
     }
     if let Some(c) = bridge_secret.iter().chain(sink_secret.iter()).next() {

@@ -555,6 +555,39 @@ async fn a_missing_secret_is_reported_and_waits_for_the_user() {
 }
 
 #[tokio::test]
+async fn a_client_certificate_secret_without_its_key_is_reported() {
+    let kafka = Arc::new(FakeKafka::default());
+    let mut es = finalized(telemetry());
+    if let Some(p) = es.spec.persistence.as_mut() {
+        p.postgres.tls = Some(eventstream_crds::v1alpha1::PostgresTls {
+            ca_secret_ref: None,
+            client_cert_secret_ref: Some(eventstream_crds::v1alpha1::LocalObjectRef {
+                name: "writer-cert".into(),
+            }),
+        });
+    }
+    let mut secrets = db_secret();
+    secrets.insert(
+        "racing/writer-cert".into(),
+        [("tls.crt".to_string(), "PEM".to_string())].into(),
+    );
+    let (result, seen) = run(es, kafka, secrets).await;
+    assert_eq!(result, Ok(Action::requeue(Duration::from_secs(300))));
+    let status = status_of(&seen);
+    let sink = condition(&status, "SinkReady");
+    assert_eq!(sink.reason, "SecretKeyMissing");
+    assert!(
+        sink.message.contains("writer-cert")
+            && sink.message.contains("tls.key")
+            && sink
+                .message
+                .contains("spec.persistence.postgres.tls.clientCertSecretRef"),
+        "{}",
+        sink.message
+    );
+}
+
+#[tokio::test]
 async fn the_newer_of_two_streams_on_one_topic_is_refused() {
     let kafka = Arc::new(FakeKafka::default());
     let owner = finalized(telemetry());
