@@ -99,7 +99,11 @@ pub async fn start_with_key(
                 tracing::warn!(error = %e, "producer flush incomplete at shutdown");
             }
         }
-        let _ = tokio::time::timeout(Duration::from_secs(2), consumer).await;
+        // The consumer task closes its Kafka consumer off the runtime; wait for that, bounded.
+        let close = crate::relay::consumer::CLOSE_TIMEOUT + Duration::from_secs(1);
+        if tokio::time::timeout(close, consumer).await.is_err() {
+            tracing::warn!(?close, "the fan-out consumer did not stop in time; exiting");
+        }
         tracing::info!("bridge stopped");
         Ok(())
     });

@@ -10,6 +10,9 @@
 //! While a subscription replays history from Kafka it is *pending*: live records for it are
 //! held in a per-subscription buffer (bounded the same way) and queued after the replay, so the
 //! client sees history, then `subscribed`, then live records, in offset order.
+//!
+//! A `retention` gap from the hub ([`Client::offer_gap`]) is queued (or held) in order with the
+//! records, never dropped, and not counted against either bound.
 
 use std::collections::{HashMap, VecDeque};
 use std::sync::Arc;
@@ -19,7 +22,7 @@ use eventstream_crds::v1alpha1::SlowClientPolicy;
 use parking_lot::Mutex;
 use tokio::sync::Notify;
 
-use super::protocol::Positions;
+use super::protocol::{GapKind, Positions};
 use super::record::{Encoding, Record, WireFrame};
 
 /// Most control frames queued before the client is considered not reading.
@@ -52,21 +55,50 @@ pub enum Outbound {
     },
     /// A control frame.
     Control(WireFrame),
-    /// Missed range of a subscription (from the drop policy).
+    /// Missed range of a subscription: from the drop policy (`slow_client`, reported first) or
+    /// from the hub (`retention`, in order with the records).
     Gap {
         /// The subscription.
         subscription: Arc<str>,
-        /// First dropped offset per partition.
+        /// First missed offset per partition.
         from: Positions,
-        /// One past the last dropped offset per partition.
+        /// One past the last missed offset per partition.
         to: Positions,
+        /// Why.
+        reason: GapKind,
     },
+}
+
+/// What a replaying subscription holds for after its replay.
+enum Held {
+    Record(Arc<Record>),
+    Gap {
+        partition: i32,
+        from: i64,
+        to: i64,
+        reason: GapKind,
+    },
+}
+
+impl Held {
+    fn is_record(&self) -> bool {
+        matches!(self, Held::Record(_))
+    }
+}
+
+fn gap_item(name: &Arc<str>, partition: i32, from: i64, to: i64, reason: GapKind) -> Outbound {
+    Outbound::Gap {
+        subscription: name.clone(),
+        from: [(partition, from)].into(),
+        to: [(partition, to)].into(),
+        reason,
+    }
 }
 
 #[derive(Default)]
 struct Subscription {
-    /// Live records held while the subscription replays.
-    pending: Option<VecDeque<Arc<Record>>>,
+    /// Live records (and retention gaps) held while the subscription replays.
+    pending: Option<VecDeque<Held>>,
     /// Per partition, the last offset the client has already seen (from `since`): records at
     /// or below it are not delivered again (another replica may have delivered them).
     floor: Positions,
@@ -167,16 +199,22 @@ impl Client {
         let mut st = self.state.lock();
         st.subs.remove(name);
         st.gaps.remove(name);
-        let before = st.items.len();
+        let mut removed = 0;
         st.items.retain(|item| match item {
-            Outbound::Event { subscription, .. } => &**subscription != name,
-            _ => true,
+            Outbound::Event { subscription, .. } => {
+                let keep = &**subscription != name;
+                removed += usize::from(!keep);
+                keep
+            }
+            Outbound::Gap { subscription, .. } => &**subscription != name,
+            Outbound::Control(_) => true,
         });
-        let removed = before - st.items.len();
         st.events -= removed;
-        if removed > 0 {
-            self.space.notify_waiters();
-        }
+        drop(st);
+        // Always: a replay of this subscription may be waiting for space in a queue full of
+        // another subscription's events, and must learn that its subscription is gone (or it
+        // would hold its replay slot until the connection ends).
+        self.space.notify_waiters();
     }
 
     /// Offers a live record to subscription `name` and wakes the writer. Never waits.
@@ -216,12 +254,12 @@ impl Client {
             return false;
         }
         if let Some(pending) = &mut sub.pending {
-            pending.push_back(record.clone());
-            if pending.len() > self.capacity {
-                let dropped = pending.pop_front();
-                if let Some(dropped) = dropped {
-                    self.overflow(&mut st, name, dropped.partition, dropped.offset);
-                }
+            pending.push_back(Held::Record(record.clone()));
+            if pending.len() > self.capacity
+                && let Some(i) = pending.iter().position(Held::is_record)
+                && let Some(Held::Record(dropped)) = pending.remove(i)
+            {
+                self.overflow(&mut st, name, dropped.partition, dropped.offset);
             }
             // Held records need no writer, unless the policy just closed the client.
             return st.closed.is_some();
@@ -276,6 +314,44 @@ impl Client {
                 self.space.notify_waiters();
             }
         }
+    }
+
+    /// Queues (or, while `name` replays, holds) a gap: offsets `from..to` of `partition` will not
+    /// be delivered on subscription `name`. Offsets the client has already seen (its `since`)
+    /// are left out. Like [`offer_deferred`](Self::offer_deferred), returns `true` when the
+    /// caller must [`wake`](Self::wake) the writer.
+    pub fn offer_gap(
+        &self,
+        name: &Arc<str>,
+        partition: i32,
+        from: i64,
+        to: i64,
+        reason: GapKind,
+    ) -> bool {
+        let mut st = self.state.lock();
+        if st.closed.is_some() {
+            return false;
+        }
+        let Some(sub) = st.subs.get_mut(name) else {
+            return false;
+        };
+        let from = match sub.floor.get(&partition) {
+            Some(seen) if *seen + 1 >= to => return false,
+            Some(seen) => from.max(seen + 1),
+            None => from,
+        };
+        if let Some(pending) = &mut sub.pending {
+            pending.push_back(Held::Gap {
+                partition,
+                from,
+                to,
+                reason,
+            });
+            return false;
+        }
+        st.items
+            .push_back(gap_item(name, partition, from, to, reason));
+        !self.wake_pending.swap(true, Ordering::AcqRel)
     }
 
     /// Queues a control frame (never dropped; too many unread closes the client).
@@ -338,9 +414,21 @@ impl Client {
         };
         st.items.push_back(Outbound::Control(subscribed));
         st.controls += 1;
-        for record in held {
-            let item = self.event(name, &record);
-            self.push_event(&mut st, item);
+        for held in held {
+            match held {
+                Held::Record(record) => {
+                    let item = self.event(name, &record);
+                    self.push_event(&mut st, item);
+                }
+                Held::Gap {
+                    partition,
+                    from,
+                    to,
+                    reason,
+                } => st
+                    .items
+                    .push_back(gap_item(name, partition, from, to, reason)),
+            }
         }
         drop(st);
         self.notify.notify_one();
@@ -355,6 +443,7 @@ impl Client {
                 subscription,
                 from,
                 to,
+                reason: GapKind::SlowClient,
             });
         }
         items.extend(st.items.drain(..));
@@ -519,5 +608,96 @@ mod tests {
         c.offer(&a, &rec(0, 2));
         let items = c.drain().items;
         assert_eq!(items.len(), 1);
+    }
+
+    /// (kind, partition, offset or from..to) of queued items, for order checks.
+    fn shape(items: &[Outbound]) -> Vec<String> {
+        items
+            .iter()
+            .map(|i| match i {
+                Outbound::Event {
+                    partition, offset, ..
+                } => format!("event {partition}:{offset}"),
+                Outbound::Gap {
+                    from, to, reason, ..
+                } => format!("gap {from:?}..{to:?} {reason:?}"),
+                Outbound::Control(_) => "control".into(),
+            })
+            .collect()
+    }
+
+    #[test]
+    fn a_retention_gap_keeps_its_place_among_the_records() {
+        let c = Client::new(1, Encoding::Json, 10, SlowClientPolicy::DropOldest);
+        let name: Arc<str> = "c".into();
+        c.add_subscription(name.clone(), false, Positions::new());
+        assert!(c.offer_deferred(&name, &rec(0, 4)));
+        assert!(
+            !c.offer_gap(&name, 0, 5, 9, GapKind::Retention),
+            "one wake per batch"
+        );
+        c.wake();
+        c.offer(&name, &rec(0, 9));
+        assert_eq!(
+            shape(&c.drain().items),
+            ["event 0:4", "gap {0: 5}..{0: 9} Retention", "event 0:9"]
+        );
+    }
+
+    #[test]
+    fn a_replaying_subscription_holds_the_gap_with_its_live_records() {
+        let c = Client::new(1, Encoding::Json, 10, SlowClientPolicy::DropOldest);
+        let name: Arc<str> = "c".into();
+        // The client saw up to offset 6: the gap starts after it.
+        c.add_subscription(name.clone(), true, [(0, 6)].into());
+        c.offer(&name, &rec(0, 10));
+        c.offer_gap(&name, 0, 5, 20, GapKind::Retention);
+        c.offer(&name, &rec(0, 20));
+        assert!(c.drain().items.is_empty(), "held while replaying");
+        c.finish_replay(&name, WireFrame::Text("subscribed".into()));
+        assert_eq!(
+            shape(&c.drain().items),
+            [
+                "control",
+                "event 0:10",
+                "gap {0: 7}..{0: 20} Retention",
+                "event 0:20"
+            ]
+        );
+        // A gap entirely below what the client has seen is not sent.
+        assert!(!c.offer_gap(&name, 0, 1, 5, GapKind::Retention));
+        assert!(c.drain().items.is_empty());
+    }
+
+    #[test]
+    fn unsubscribing_wakes_a_replay_waiting_for_space() {
+        let c = Arc::new(Client::new(
+            1,
+            Encoding::Json,
+            1,
+            SlowClientPolicy::DropOldest,
+        ));
+        let (full, replaying): (Arc<str>, Arc<str>) = ("full".into(), "replaying".into());
+        c.add_subscription(full.clone(), false, Positions::new());
+        c.add_subscription(replaying.clone(), true, Positions::new());
+        c.offer(&full, &rec(0, 1));
+        let rt = tokio::runtime::Builder::new_current_thread()
+            .enable_time()
+            .build()
+            .expect("runtime");
+        rt.block_on(async {
+            let waiting = {
+                let c = c.clone();
+                let name = replaying.clone();
+                tokio::spawn(async move { c.replay(&name, &rec(0, 0)).await })
+            };
+            tokio::task::yield_now().await;
+            c.remove_subscription(&replaying);
+            let done = tokio::time::timeout(std::time::Duration::from_secs(5), waiting).await;
+            assert!(
+                matches!(done, Ok(Ok(false))),
+                "the replay learns its subscription is gone: {done:?}"
+            );
+        });
     }
 }

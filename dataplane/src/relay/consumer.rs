@@ -2,16 +2,32 @@
 //! consumer group, so every bridge replica delivers every record), starting at the live end (or
 //! the beginning, per config), following partition increases, and publishing each record to the
 //! hub exactly once.
+//!
+//! **Never on a runtime worker.** librdkafka calls that wait (metadata, watermarks, assignment
+//! changes) run on Tokio's blocking pool, and the consumer is closed on a thread of its own
+//! ([`drop_off_runtime`]): dropping a librdkafka consumer closes its queue, polls until it is
+//! closed and joins librdkafka's threads, which must not hold a worker of the runtime that
+//! serves the clients.
+//!
+//! **Retention.** Consumers run with `auto.offset.reset=error`. When a position falls out of the
+//! log (retention deleted records the bridge had not read yet), librdkafka stops that partition
+//! and reports `AutoOffsetReset`. The consumer then reads the watermarks ([`realign`]), publishes
+//! a `retention` gap `[next, low watermark)` for every partition whose next offset is below the
+//! low watermark, and assigns every partition again at its next offset clamped to the log.
+//! Offset holes that are still inside the log (transaction markers, compacted records) never
+//! raise the error, so they are never reported as gaps.
 
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use bytes::Bytes;
 use futures::FutureExt;
 use rdkafka::consumer::{Consumer, StreamConsumer};
+use rdkafka::error::{KafkaError, RDKafkaErrorCode};
 use rdkafka::message::{Headers, Message};
 use rdkafka::{ClientConfig, Offset, TopicPartitionList};
+use tokio::sync::oneshot;
 use tokio_util::sync::CancellationToken;
 
 use super::channel::ChannelSource;
@@ -24,7 +40,10 @@ use super::record::{PayloadKind, Record};
 pub const MAX_PUBLISH_BATCH: usize = 256;
 /// How often the topic's partitions and the lag are re-read.
 pub const REFRESH_INTERVAL: Duration = Duration::from_secs(10);
+/// Longest one read of the topic's partitions and watermarks may take, all calls together.
 const METADATA_TIMEOUT: Duration = Duration::from_secs(10);
+/// Longest the bridge waits for its consumer to close on shutdown.
+pub const CLOSE_TIMEOUT: Duration = Duration::from_secs(5);
 
 /// Why the consumer cannot start.
 #[derive(Debug, thiserror::Error)]
@@ -106,7 +125,9 @@ pub fn to_record<M: Message>(msg: &M, source: &ChannelSource) -> Record {
 }
 
 /// Settings of an assign-only consumer: a throw-away group id (librdkafka needs one even
-/// without a group), no commits, no offset store.
+/// without a group), no commits, no offset store, and `auto.offset.reset=error`: a position that
+/// fell out of retention is reported (`AutoOffsetReset`) instead of silently moved, so that the
+/// caller can name what was lost ([`realign`]).
 pub fn assign_only(base: &ClientConfig) -> ClientConfig {
     let mut config = base.clone();
     config
@@ -117,21 +138,31 @@ pub fn assign_only(base: &ClientConfig) -> ClientConfig {
         .set("enable.auto.commit", "false")
         .set("enable.auto.offset.store", "false")
         .set("enable.partition.eof", "false")
-        // Only used when a position falls out of retention: keep as much as still exists.
-        .set("auto.offset.reset", "earliest");
+        .set("auto.offset.reset", "error");
     if config.get("fetch.wait.max.ms").is_none() {
         config.set("fetch.wait.max.ms", "100");
     }
     config
 }
 
-/// Reads the partitions of `topic` and their (low, high) watermarks.
+/// Whether `error` is librdkafka's report of a position out of range (see [`assign_only`]).
+pub fn is_out_of_range(error: &KafkaError) -> bool {
+    matches!(
+        error,
+        KafkaError::MessageConsumption(RDKafkaErrorCode::AutoOffsetReset)
+    )
+}
+
+/// Blocking: reads the partitions of `topic` and their (low, high) watermarks, all within
+/// `METADATA_TIMEOUT`.
 pub fn watermarks<C: Consumer>(
     consumer: &C,
     topic: &str,
 ) -> Result<Vec<(i32, i64, i64)>, ConsumerError> {
+    let deadline = Instant::now() + METADATA_TIMEOUT;
+    let left = || deadline.saturating_duration_since(Instant::now());
     let metadata = consumer
-        .fetch_metadata(Some(topic), METADATA_TIMEOUT)
+        .fetch_metadata(Some(topic), left())
         .map_err(|source| ConsumerError::Metadata {
             topic: topic.into(),
             source,
@@ -145,7 +176,7 @@ pub fn watermarks<C: Consumer>(
     let mut out = Vec::with_capacity(t.partitions().len());
     for p in t.partitions() {
         let (low, high) = consumer
-            .fetch_watermarks(topic, p.id(), METADATA_TIMEOUT)
+            .fetch_watermarks(topic, p.id(), left())
             .map_err(|source| ConsumerError::Metadata {
                 topic: topic.into(),
                 source,
@@ -154,6 +185,84 @@ pub fn watermarks<C: Consumer>(
     }
     out.sort_unstable();
     Ok(out)
+}
+
+/// Where to continue after librdkafka reported a position out of range.
+#[derive(Debug, Clone, PartialEq, Eq, Default)]
+pub struct Realign {
+    /// Per partition, the offset to read next: the expected one, clamped to the log.
+    pub resume: Positions,
+    /// Per partition, `(from, to)`: offsets that were expected but that Kafka no longer holds.
+    pub lost: std::collections::BTreeMap<i32, (i64, i64)>,
+    /// Partitions whose expected offset is beyond the end of the log (truncated by the broker);
+    /// they continue from the end.
+    pub truncated: Vec<i32>,
+}
+
+/// Pure: given the next offset expected per partition and the watermarks `(partition, low,
+/// high)`, where to continue. Partitions without watermarks are left out.
+pub fn realign(next: &Positions, marks: &[(i32, i64, i64)]) -> Realign {
+    let mut out = Realign::default();
+    for (p, low, high) in marks {
+        let Some(&expected) = next.get(p) else {
+            continue;
+        };
+        let resume = if expected < *low {
+            out.lost.insert(*p, (expected, *low));
+            *low
+        } else if expected > *high {
+            out.truncated.push(*p);
+            *high
+        } else {
+            expected
+        };
+        out.resume.insert(*p, resume);
+    }
+    out
+}
+
+/// Blocking: reads the watermarks, plans with [`realign`] and assigns every partition of
+/// `next` at its resume offset (replacing the assignment, which restarts the partitions
+/// librdkafka stopped).
+pub fn reassign<C: Consumer>(
+    consumer: &C,
+    topic: &str,
+    next: &Positions,
+) -> Result<Realign, ConsumerError> {
+    let marks = watermarks(consumer, topic)?;
+    let plan = realign(next, &marks);
+    let mut tpl = TopicPartitionList::new();
+    for (p, offset) in &plan.resume {
+        tpl.add_partition_offset(topic, *p, Offset::Offset(*offset))
+            .map_err(|source| ConsumerError::Assign {
+                topic: topic.into(),
+                source,
+            })?;
+    }
+    consumer
+        .assign(&tpl)
+        .map_err(|source| ConsumerError::Assign {
+            topic: topic.into(),
+            source,
+        })?;
+    Ok(plan)
+}
+
+/// Drops `value` (a librdkafka client, or whatever holds it) on a thread of its own, off the
+/// runtime; the receiver completes once it is dropped. Should the thread not start, `value`
+/// is dropped here.
+pub fn drop_off_runtime<T: Send + 'static>(value: T) -> oneshot::Receiver<()> {
+    let (done, closed) = oneshot::channel();
+    let spawned = std::thread::Builder::new()
+        .name("es-kafka-close".into())
+        .spawn(move || {
+            drop(value);
+            let _ = done.send(());
+        });
+    if let Err(e) = spawned {
+        tracing::warn!(error = %e, "cannot start a thread to close a Kafka client; closed in place");
+    }
+    closed
 }
 
 /// Per partition, the high watermark at start: reaching it means caught up.
@@ -165,6 +274,8 @@ pub struct BridgeConsumer {
     topic: String,
     /// Whether partitions are assigned and the start high watermarks reached.
     pub assigned: Arc<AtomicBool>,
+    /// Held while the assignment changes (new partitions, re-alignment after retention).
+    assignment: Arc<tokio::sync::Mutex<()>>,
 }
 
 impl BridgeConsumer {
@@ -180,47 +291,19 @@ impl BridgeConsumer {
     ) -> Result<(Self, Positions), ConsumerError> {
         let consumer: StreamConsumer = assign_only(base).create().map_err(ConsumerError::Create)?;
         let consumer = Arc::new(consumer);
-        let mut backoff = Duration::from_millis(200);
-        let marks = loop {
-            let c = consumer.clone();
-            let t = topic.to_string();
-            match tokio::task::spawn_blocking(move || watermarks(&*c, &t)).await? {
-                Ok(marks) => break marks,
-                Err(e) => {
-                    tracing::warn!(error = %e, "waiting for the topic; retrying in {backoff:?}");
-                    tokio::select! {
-                        _ = tokio::time::sleep(backoff) => {}
-                        _ = shutdown.cancelled() => return Err(e),
-                    }
-                    backoff = (backoff * 2).min(Duration::from_secs(10));
-                }
+        let (start, target) = match assign_start(&consumer, topic, earliest, shutdown).await {
+            Ok(positions) => positions,
+            Err(e) => {
+                drop(drop_off_runtime(consumer));
+                return Err(e);
             }
         };
-        let mut tpl = TopicPartitionList::new();
-        let mut start = Positions::new();
-        let mut target = Positions::new();
-        for (p, low, high) in &marks {
-            let from = if earliest { *low } else { *high };
-            tpl.add_partition_offset(topic, *p, Offset::Offset(from))
-                .map_err(|source| ConsumerError::Assign {
-                    topic: topic.into(),
-                    source,
-                })?;
-            start.insert(*p, from);
-            target.insert(*p, *high);
-        }
-        consumer
-            .assign(&tpl)
-            .map_err(|source| ConsumerError::Assign {
-                topic: topic.into(),
-                source,
-            })?;
         hub.add_partitions(&start);
         let caught_up = start == target;
         ready.store(caught_up, Ordering::Release);
         tracing::info!(
             topic,
-            partitions = marks.len(),
+            partitions = start.len(),
             ?start,
             "bridge consumer assigned"
         );
@@ -229,13 +312,27 @@ impl BridgeConsumer {
                 consumer,
                 topic: topic.to_string(),
                 assigned: ready,
+                assignment: Arc::default(),
             },
             target,
         ))
     }
 
+    /// Closes the consumer off the runtime ([`drop_off_runtime`]) and waits for it, at most
+    /// [`CLOSE_TIMEOUT`].
+    pub async fn close(self) {
+        let closed = drop_off_runtime(self);
+        if tokio::time::timeout(CLOSE_TIMEOUT, closed).await.is_err() {
+            tracing::warn!(
+                ?CLOSE_TIMEOUT,
+                "the Kafka consumer is still closing; not waiting for it"
+            );
+        }
+    }
+
     /// Consumes until `shutdown`, publishing every record; marks ready once the high watermarks
-    /// seen at start are reached.
+    /// seen at start are reached. Partition increases and lag are followed by a task of their
+    /// own, so that a slow broker answer never holds up delivery.
     pub async fn run(
         &self,
         source: ChannelSource,
@@ -244,17 +341,29 @@ impl BridgeConsumer {
         mut target: Positions,
         shutdown: CancellationToken,
     ) {
-        let mut last_refresh = tokio::time::Instant::now();
+        let refresher = tokio::spawn(
+            Refresher {
+                consumer: self.consumer.clone(),
+                topic: self.topic.clone(),
+                assignment: self.assignment.clone(),
+                hub: hub.clone(),
+                metrics: metrics.clone(),
+            }
+            .run(shutdown.clone()),
+        );
+        // Next offset per partition after what was published: a record below it (librdkafka
+        // fetching again what it had already returned) would be a duplicate.
+        let mut next = hub.live_positions();
         let mut error_logged = false;
+        // An error met while taking a batch, handled right after publishing the batch.
+        let mut carried: Option<KafkaError> = None;
         loop {
-            let msg = tokio::select! {
-                _ = shutdown.cancelled() => break,
-                _ = tokio::time::sleep_until(last_refresh + REFRESH_INTERVAL) => {
-                    last_refresh = tokio::time::Instant::now();
-                    self.refresh(&hub, &metrics).await;
-                    continue;
-                }
-                msg = self.consumer.recv() => msg,
+            let msg = match carried.take() {
+                Some(e) => Err(e),
+                None => tokio::select! {
+                    _ = shutdown.cancelled() => break,
+                    msg = self.consumer.recv() => msg,
+                },
             };
             match msg {
                 Ok(msg) => {
@@ -265,9 +374,30 @@ impl BridgeConsumer {
                     while batch.len() < MAX_PUBLISH_BATCH {
                         match self.consumer.recv().now_or_never() {
                             Some(Ok(more)) => batch.push(Arc::new(to_record(&more, &source))),
-                            _ => break,
+                            Some(Err(e)) => {
+                                // In queue order: after the records before it.
+                                carried = Some(e);
+                                break;
+                            }
+                            None => break,
                         }
                     }
+                    batch.retain(|record| {
+                        let expected = *next
+                            .entry(record.partition)
+                            .or_insert_with(|| hub.next_offset(record.partition));
+                        if record.offset < expected {
+                            tracing::debug!(
+                                partition = record.partition,
+                                offset = record.offset,
+                                expected,
+                                "skipping a record already published"
+                            );
+                            return false;
+                        }
+                        next.insert(record.partition, record.offset + 1);
+                        true
+                    });
                     hub.publish_batch(&batch);
                     metrics.consumed.inc_by(batch.len() as u64);
                     if !target.is_empty() {
@@ -287,6 +417,17 @@ impl BridgeConsumer {
                         }
                     }
                 }
+                Err(e) if is_out_of_range(&e) => {
+                    metrics.out_of_range.inc();
+                    if let Some(positions) = self.recover(&hub, &metrics, &shutdown).await {
+                        next = positions;
+                        // A start target below the low watermark can no longer be reached.
+                        target.retain(|p, t| next.get(p).is_none_or(|n| n < t));
+                        if target.is_empty() {
+                            self.assigned.store(true, Ordering::Release);
+                        }
+                    }
+                }
                 Err(e) => {
                     if !error_logged {
                         tracing::warn!(error = %e, "Kafka consumer error (retrying)");
@@ -295,10 +436,144 @@ impl BridgeConsumer {
                 }
             }
         }
+        refresher.abort();
+        let _ = refresher.await;
     }
 
-    /// Follows partition increases and updates the lag gauges.
-    async fn refresh(&self, hub: &Hub, metrics: &RelayMetrics) {
+    /// After librdkafka reported a position out of range: names what Kafka no longer holds to
+    /// every subscription (`retention` gaps), then assigns every partition again at the next
+    /// offset the hub expects, clamped to the log. Retries until it succeeds or `shutdown`;
+    /// returns the positions consumption continues from.
+    async fn recover(
+        &self,
+        hub: &Hub,
+        metrics: &RelayMetrics,
+        shutdown: &CancellationToken,
+    ) -> Option<Positions> {
+        let _assignment = self.assignment.lock().await;
+        let mut backoff = Duration::from_millis(200);
+        loop {
+            let next = hub.live_positions();
+            let consumer = self.consumer.clone();
+            let topic = self.topic.clone();
+            let expected = next.clone();
+            let result =
+                tokio::task::spawn_blocking(move || reassign(&*consumer, &topic, &expected)).await;
+            match result {
+                Ok(Ok(plan)) => {
+                    for (p, (from, to)) in &plan.lost {
+                        let subscriptions = hub.publish_gap(*p, *from, *to);
+                        metrics.retention_gap(to - from);
+                        tracing::warn!(
+                            partition = p,
+                            from,
+                            to,
+                            subscriptions,
+                            "records deleted by retention before the bridge read them; \
+                             retention gap sent to every subscription"
+                        );
+                    }
+                    for p in &plan.truncated {
+                        tracing::warn!(
+                            partition = p,
+                            expected = next.get(p),
+                            resume = plan.resume.get(p),
+                            "the bridge's position is beyond the end of the partition \
+                             (truncated log); continuing from its end"
+                        );
+                    }
+                    if plan.lost.is_empty() && plan.truncated.is_empty() {
+                        tracing::info!(
+                            "Kafka reported a position out of range, but every position is \
+                             within the log now; assigned again at the same positions"
+                        );
+                    }
+                    return Some(plan.resume);
+                }
+                Ok(Err(e)) => {
+                    tracing::warn!(error = %e, "cannot re-align out-of-range positions; retrying in {backoff:?}");
+                }
+                Err(e) => {
+                    tracing::warn!(error = %e, "re-alignment task failed; retrying in {backoff:?}");
+                }
+            }
+            tokio::select! {
+                _ = tokio::time::sleep(backoff) => {}
+                _ = shutdown.cancelled() => return None,
+            }
+            backoff = (backoff * 2).min(Duration::from_secs(10));
+        }
+    }
+}
+
+/// Reads the watermarks and assigns the start positions (waiting for the topic to exist), off
+/// the runtime. Returns (start positions, high watermarks at start).
+async fn assign_start(
+    consumer: &Arc<StreamConsumer>,
+    topic: &str,
+    earliest: bool,
+    shutdown: &CancellationToken,
+) -> Result<(Positions, Positions), ConsumerError> {
+    let mut backoff = Duration::from_millis(200);
+    let marks = loop {
+        let c = consumer.clone();
+        let t = topic.to_string();
+        match tokio::task::spawn_blocking(move || watermarks(&*c, &t)).await? {
+            Ok(marks) => break marks,
+            Err(e) => {
+                tracing::warn!(error = %e, "waiting for the topic; retrying in {backoff:?}");
+                tokio::select! {
+                    _ = tokio::time::sleep(backoff) => {}
+                    _ = shutdown.cancelled() => return Err(e),
+                }
+                backoff = (backoff * 2).min(Duration::from_secs(10));
+            }
+        }
+    };
+    let mut tpl = TopicPartitionList::new();
+    let mut start = Positions::new();
+    let mut target = Positions::new();
+    for (p, low, high) in &marks {
+        let from = if earliest { *low } else { *high };
+        tpl.add_partition_offset(topic, *p, Offset::Offset(from))
+            .map_err(|source| ConsumerError::Assign {
+                topic: topic.into(),
+                source,
+            })?;
+        start.insert(*p, from);
+        target.insert(*p, *high);
+    }
+    let c = consumer.clone();
+    tokio::task::spawn_blocking(move || c.assign(&tpl))
+        .await?
+        .map_err(|source| ConsumerError::Assign {
+            topic: topic.into(),
+            source,
+        })?;
+    Ok((start, target))
+}
+
+/// Follows partition increases and updates the lag gauges, every [`REFRESH_INTERVAL`].
+struct Refresher {
+    consumer: Arc<StreamConsumer>,
+    topic: String,
+    assignment: Arc<tokio::sync::Mutex<()>>,
+    hub: Arc<Hub>,
+    metrics: RelayMetrics,
+}
+
+impl Refresher {
+    async fn run(self, shutdown: CancellationToken) {
+        loop {
+            tokio::select! {
+                _ = shutdown.cancelled() => return,
+                _ = tokio::time::sleep(REFRESH_INTERVAL) => {}
+            }
+            self.refresh().await;
+        }
+    }
+
+    async fn refresh(&self) {
         let c = self.consumer.clone();
         let topic = self.topic.clone();
         let marks = match tokio::task::spawn_blocking(move || watermarks(&*c, &topic)).await {
@@ -312,8 +587,8 @@ impl BridgeConsumer {
                 return;
             }
         };
-        let known = hub.partitions();
-        let live = hub.live_positions();
+        let known = self.hub.partitions();
+        let live = self.hub.live_positions();
         let mut added = TopicPartitionList::new();
         let mut start = Positions::new();
         for (p, low, high) in &marks {
@@ -327,17 +602,52 @@ impl BridgeConsumer {
                 }
             } else {
                 let position = live.get(p).copied().unwrap_or(*high);
-                metrics.set_lag(*p, (high - position).max(0));
+                self.metrics.set_lag(*p, (high - position).max(0));
             }
         }
-        if !start.is_empty() {
-            match self.consumer.incremental_assign(&added) {
-                Ok(()) => {
-                    hub.add_partitions(&start);
-                    tracing::info!(?start, "following new partitions");
-                }
-                Err(e) => tracing::warn!(error = %e, "cannot assign new partitions"),
-            }
+        if start.is_empty() {
+            return;
         }
+        let _assignment = self.assignment.lock().await;
+        let c = self.consumer.clone();
+        match tokio::task::spawn_blocking(move || c.incremental_assign(&added)).await {
+            Ok(Ok(())) => {
+                self.hub.add_partitions(&start);
+                tracing::info!(?start, "following new partitions");
+            }
+            Ok(Err(e)) => tracing::warn!(error = %e, "cannot assign new partitions"),
+            Err(e) => tracing::warn!(error = %e, "assignment task failed"),
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn realign_names_what_retention_deleted_and_nothing_else() {
+        let next: Positions = [(0, 5), (1, 100), (2, 50), (3, 7)].into();
+        let marks = [(0, 40, 90), (1, 10, 100), (2, 0, 30), (3, 7, 7), (9, 0, 5)];
+        let plan = realign(&next, &marks);
+        assert_eq!(
+            plan.lost,
+            [(0, (5, 40))].into(),
+            "only partition 0 lost records"
+        );
+        assert_eq!(plan.truncated, [2]);
+        assert_eq!(plan.resume, [(0, 40), (1, 100), (2, 30), (3, 7)].into());
+    }
+
+    #[test]
+    fn consumers_report_out_of_range_positions() {
+        let config = assign_only(&ClientConfig::new());
+        assert_eq!(config.get("auto.offset.reset"), Some("error"));
+        assert!(is_out_of_range(&KafkaError::MessageConsumption(
+            RDKafkaErrorCode::AutoOffsetReset
+        )));
+        assert!(!is_out_of_range(&KafkaError::MessageConsumption(
+            RDKafkaErrorCode::AllBrokersDown
+        )));
     }
 }

@@ -8,6 +8,9 @@
 //! registration: every record of its channel below them has been published already (so a resume
 //! replays up to them from Kafka), every record at or above them will be offered live. That is
 //! the whole no-gap/no-duplicate argument.
+//!
+//! When Kafka deleted records before the consumer read them, [`Hub::publish_gap`] tells every
+//! subscription, in order with the records, and moves every shard's positions past the gap.
 
 use std::collections::HashMap;
 use std::hash::BuildHasher;
@@ -18,7 +21,7 @@ use parking_lot::{Mutex, RwLock};
 
 use super::channel::ALL;
 use super::client::Client;
-use super::protocol::{self, Positions};
+use super::protocol::{self, GapKind, Positions};
 use super::record::Record;
 
 /// Number of channel shards.
@@ -163,6 +166,36 @@ impl Hub {
         }
     }
 
+    /// Tells every subscription (every channel and `*`) that offsets `from..to` of `partition`
+    /// will never be delivered: Kafka deleted them (retention) before the bridge read them, so
+    /// nobody can know their channels. Call it in order with [`publish_batch`](Self::publish_batch):
+    /// each client queues the gap after the records published before and before those published
+    /// after (a replaying subscription holds it with its live records). Every shard's position
+    /// of `partition` moves to at least `to`, so a subscription registered afterwards starts
+    /// after the gap. Returns the number of subscriptions told.
+    pub fn publish_gap(&self, partition: i32, from: i64, to: i64) -> usize {
+        let mut touched: Vec<Arc<Client>> = Vec::new();
+        let mut told = 0;
+        for shard in self.shards.iter().chain(std::iter::once(&self.star)) {
+            let mut guard = shard.lock();
+            let shard = &mut *guard;
+            let position = shard.positions.entry(partition).or_insert(to);
+            *position = (*position).max(to);
+            for (name, subs) in &shard.subs {
+                for client in &subs.list {
+                    told += 1;
+                    if client.offer_gap(name, partition, from, to, GapKind::Retention) {
+                        touched.push(client.clone());
+                    }
+                }
+            }
+        }
+        for client in touched {
+            client.wake();
+        }
+        told
+    }
+
     /// Registers `client` on `name`. With `replaying`, live records are held by the client until
     /// its replay ends; without, the snapshot (if enabled) and `subscribed` are queued now, inside
     /// the shard lock, so they precede every live record.
@@ -228,6 +261,16 @@ impl Hub {
     /// Next offset per partition over every record published (the `*` shard sees them all).
     pub fn live_positions(&self) -> Positions {
         self.star.lock().positions.clone()
+    }
+
+    /// Next offset of `partition` over every record published (0 for an unknown partition).
+    pub fn next_offset(&self, partition: i32) -> i64 {
+        self.star
+            .lock()
+            .positions
+            .get(&partition)
+            .copied()
+            .unwrap_or(0)
     }
 }
 
@@ -365,5 +408,55 @@ mod tests {
             let got = events(c);
             assert_eq!(got.len(), usize::from(i != 1 && i != 3), "client {i}");
         }
+    }
+
+    #[test]
+    fn a_retention_gap_reaches_every_subscription_and_moves_positions() {
+        let hub = Hub::new(false);
+        hub.add_partitions(&[(0, 0), (1, 0)].into());
+        let (a, b, all) = (client(1), client(2), client(3));
+        hub.subscribe(&a, &"a".into(), false, Positions::new())
+            .expect("new");
+        hub.subscribe(&b, &"b".into(), false, Positions::new())
+            .expect("new");
+        hub.subscribe(&all, &"*".into(), false, Positions::new())
+            .expect("new");
+        for c in [&a, &b, &all] {
+            c.drain();
+        }
+        hub.publish(&rec("a", 0, 4));
+        assert_eq!(hub.publish_gap(0, 5, 40), 3);
+        hub.publish(&rec("a", 0, 40));
+        let gap = |c: &Client| {
+            c.drain()
+                .items
+                .into_iter()
+                .map(|i| match i {
+                    Outbound::Event { offset, .. } => format!("event {offset}"),
+                    Outbound::Gap {
+                        subscription,
+                        from,
+                        to,
+                        reason,
+                    } => format!("gap {subscription} {from:?}..{to:?} {reason:?}"),
+                    Outbound::Control(_) => "control".into(),
+                })
+                .collect::<Vec<_>>()
+        };
+        assert_eq!(
+            gap(&a),
+            ["event 4", "gap a {0: 5}..{0: 40} Retention", "event 40"]
+        );
+        assert_eq!(gap(&b), ["gap b {0: 5}..{0: 40} Retention"]);
+        assert_eq!(
+            gap(&all),
+            ["event 4", "gap * {0: 5}..{0: 40} Retention", "event 40"]
+        );
+        // A subscription registered after the gap starts after it, on every shard.
+        let late = client(4);
+        let reg = hub
+            .subscribe(&late, &"zz".into(), false, Positions::new())
+            .expect("new");
+        assert_eq!(reg.positions[&0], 40);
     }
 }

@@ -36,6 +36,12 @@ pub struct RelayMetrics {
     pub latency: Histogram,
     /// Per-partition lag of the bridge consumer (high watermark − position).
     pub lag: IntGaugeVec,
+    /// Times Kafka reported the live consumer's position out of range.
+    pub out_of_range: IntCounter,
+    /// Times the live consumer found records deleted by retention before it read them.
+    pub retention_gaps: IntCounter,
+    /// Offsets in those retention gaps.
+    pub retention_gap_offsets: IntCounter,
     stream: String,
 }
 
@@ -137,6 +143,27 @@ impl RelayMetrics {
             ),
             &["stream", "partition"],
         )?;
+        let out_of_range = IntCounterVec::new(
+            Opts::new(
+                "eventstream_bridge_out_of_range_total",
+                "Times Kafka reported a position of the bridge consumer out of range (each is followed by a re-alignment)",
+            ),
+            labels,
+        )?;
+        let retention_gaps = IntCounterVec::new(
+            Opts::new(
+                "eventstream_bridge_retention_gaps_total",
+                "Times the bridge consumer found records deleted by retention before it read them (a retention gap to every subscription)",
+            ),
+            labels,
+        )?;
+        let retention_gap_offsets = IntCounterVec::new(
+            Opts::new(
+                "eventstream_bridge_retention_gap_offsets_total",
+                "Offsets the bridge consumer skipped because retention deleted them before it read them",
+            ),
+            labels,
+        )?;
         registry.register(Box::new(connections.clone()))?;
         registry.register(Box::new(rejected.clone()))?;
         registry.register(Box::new(subscriptions.clone()))?;
@@ -150,6 +177,9 @@ impl RelayMetrics {
         registry.register(Box::new(protocol_errors.clone()))?;
         registry.register(Box::new(latency.clone()))?;
         registry.register(Box::new(lag.clone()))?;
+        registry.register(Box::new(out_of_range.clone()))?;
+        registry.register(Box::new(retention_gaps.clone()))?;
+        registry.register(Box::new(retention_gap_offsets.clone()))?;
         Ok(Self {
             connections_ws: connections.with_label_values(&[stream, "websocket"]),
             connections_sse: connections.with_label_values(&[stream, "sse"]),
@@ -165,6 +195,9 @@ impl RelayMetrics {
             protocol_errors,
             latency: latency.with_label_values(&[stream]),
             lag,
+            out_of_range: out_of_range.with_label_values(&[stream]),
+            retention_gaps: retention_gaps.with_label_values(&[stream]),
+            retention_gap_offsets: retention_gap_offsets.with_label_values(&[stream]),
             stream: stream.to_string(),
         })
     }
@@ -199,6 +232,13 @@ impl RelayMetrics {
         self.protocol_errors
             .with_label_values(&[&self.stream, code])
             .inc();
+    }
+
+    /// Counts a retention gap of `offsets` offsets found by the live consumer.
+    pub fn retention_gap(&self, offsets: i64) {
+        self.retention_gaps.inc();
+        self.retention_gap_offsets
+            .inc_by(u64::try_from(offsets).unwrap_or(0));
     }
 
     /// Sets the lag of a partition.

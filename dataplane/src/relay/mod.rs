@@ -209,7 +209,8 @@ impl Relay {
         router.with_state(self.shared.clone())
     }
 
-    /// Consumes until shutdown (spawn it).
+    /// Consumes until shutdown (spawn it), then closes the consumer off the runtime (at most
+    /// [`consumer::CLOSE_TIMEOUT`]).
     pub async fn run(mut self) {
         let Some(consumer) = self.consumer.take() else {
             return;
@@ -224,6 +225,16 @@ impl Relay {
                 shared.shutdown.clone(),
             )
             .await;
+        consumer.close().await;
+    }
+}
+
+impl Drop for Relay {
+    /// A relay dropped without [`run`](Relay::run) still closes its consumer off the runtime.
+    fn drop(&mut self) {
+        if let Some(consumer) = self.consumer.take() {
+            drop(consumer::drop_off_runtime(consumer));
+        }
     }
 }
 

@@ -13,7 +13,7 @@ use tokio::sync::{Semaphore, mpsc};
 
 use super::channel::{ALL, ChannelSource};
 use super::client::Client;
-use super::consumer::{assign_only, to_record};
+use super::consumer::{assign_only, is_out_of_range, reassign, to_record};
 use super::metrics::RelayMetrics;
 use super::protocol::{self, ErrorCode, GapKind, Positions, ProtocolError};
 use super::record::Record;
@@ -297,6 +297,53 @@ impl Replayer {
             };
             let msg = match result {
                 Ok(msg) => msg,
+                Err(e) if is_out_of_range(&e) => {
+                    // Retention deleted what this replay was about to read.
+                    let next = ranges.iter().map(|(p, (s, _))| (*p, *s)).collect();
+                    match reassign(&consumer, &self.topic, &next) {
+                        Ok(plan) => {
+                            let (mut from, mut to) = (Positions::new(), Positions::new());
+                            for (p, (lost, low)) in &plan.lost {
+                                if let Some(r) = ranges.get_mut(p) {
+                                    r.0 = (*low).min(r.1);
+                                    from.insert(*p, *lost);
+                                    to.insert(*p, r.0);
+                                }
+                            }
+                            // The end of a replay is below the live position: a log now
+                            // shorter than that cannot be replayed.
+                            let (mut bad_from, mut bad_to) = (Positions::new(), Positions::new());
+                            for p in &plan.truncated {
+                                if let Some((s, e)) = ranges.remove(p) {
+                                    bad_from.insert(*p, s);
+                                    bad_to.insert(*p, e);
+                                }
+                            }
+                            ranges.retain(|_, (s, e)| s < e);
+                            tracing::info!(
+                                lost = ?plan.lost,
+                                truncated = ?plan.truncated,
+                                "replay position reported out of range; re-aligned"
+                            );
+                            if !from.is_empty() {
+                                let _ = tx.blocking_send(Step::Gap(from, to, GapKind::Retention));
+                            }
+                            if !bad_from.is_empty() {
+                                let _ = tx.blocking_send(Step::Gap(
+                                    bad_from,
+                                    bad_to,
+                                    GapKind::ReplayFailed,
+                                ));
+                            }
+                        }
+                        Err(e) => {
+                            tracing::warn!(error = %e, "cannot re-align a replay");
+                            fail_all(&ranges, &tx);
+                            return;
+                        }
+                    }
+                    continue;
+                }
                 Err(e) => {
                     tracing::debug!(error = %e, "replay consumer error");
                     continue;

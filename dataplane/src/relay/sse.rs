@@ -17,7 +17,7 @@ use serde::Deserialize;
 use serde_json::json;
 
 use super::client::{Client, Closed, Outbound};
-use super::protocol::{self, ErrorCode, GapKind, Positions, ProtocolError};
+use super::protocol::{self, ErrorCode, Positions, ProtocolError};
 use super::record::{Encoding, WireFrame};
 use super::ws::{authorize, subscribe, unavailable};
 use super::{ConnectionSlot, Shared};
@@ -266,9 +266,9 @@ impl Stream {
                     subscription,
                     from,
                     to,
+                    reason,
                 } => {
-                    let frame =
-                        protocol::gap(Encoding::Json, subscription, from, to, GapKind::SlowClient);
+                    let frame = protocol::gap(Encoding::Json, subscription, from, to, *reason);
                     self.buffer
                         .push_back(Event::default().event("gap").data(text_of(&frame)));
                 }

@@ -18,7 +18,7 @@ use tokio::time::Instant;
 
 use super::channel::{ALL, valid_channel};
 use super::client::{Client, Closed, Outbound};
-use super::protocol::{self, ErrorCode, GapKind, Positions, ProtocolError, Request};
+use super::protocol::{self, ErrorCode, Positions, ProtocolError, Request};
 use super::record::{Encoding, WireFrame};
 use super::{ConnectionSlot, Shared};
 use crate::auth::{Claims, JwtVerifier};
@@ -404,13 +404,8 @@ async fn write_queued(
                         subscription,
                         from,
                         to,
-                    } => protocol::gap(
-                        client.encoding,
-                        &subscription,
-                        &from,
-                        &to,
-                        GapKind::SlowClient,
-                    ),
+                        reason,
+                    } => protocol::gap(client.encoding, &subscription, &from, &to, reason),
                 };
                 bytes += frame.len() as u64;
                 socket.feed(to_message(frame)).await.map_err(|_| ())?;

@@ -1,5 +1,5 @@
-//! Helpers for the fan-out tests: a bridge started in process on a free port, and a small
-//! WebSocket client speaking protocol v1.
+//! Helpers for the fan-out tests: a bridge started in process on a free port, a small
+//! WebSocket client speaking protocol v1, and a watchdog outside the async runtime.
 #![allow(dead_code)]
 
 use std::collections::BTreeMap;
@@ -23,18 +23,85 @@ pub type Ws = WebSocketStream<MaybeTlsStream<TcpStream>>;
 
 pub const WAIT: Duration = Duration::from_secs(20);
 
-/// A config for `topic` on `bootstrap`, listening on a free port; `extra` is YAML merged into
-/// the `websocket` section.
+/// A config for `topic` on `bootstrap`, listening on a free port; `websocket_yaml` is YAML
+/// merged into the `websocket` section.
 pub fn config(bootstrap: &str, topic: &str, websocket_yaml: &str) -> DataplaneConfig {
+    config_with(bootstrap, topic, "", websocket_yaml)
+}
+
+/// [`config`] with more librdkafka properties (`kafka_yaml`, e.g. `"a.b: '1'"`).
+pub fn config_with(
+    bootstrap: &str,
+    topic: &str,
+    kafka_yaml: &str,
+    websocket_yaml: &str,
+) -> DataplaneConfig {
+    let kafka = if kafka_yaml.is_empty() {
+        "fetch.wait.max.ms: '10'".to_string()
+    } else {
+        format!("fetch.wait.max.ms: '10', {kafka_yaml}")
+    };
     let text = format!(
         "stream: {{ namespace: test, name: relay }}\n\
-         kafka: {{ bootstrapServers: '{bootstrap}', properties: {{ fetch.wait.max.ms: '10' }} }}\n\
+         kafka: {{ bootstrapServers: '{bootstrap}', properties: {{ {kafka} }} }}\n\
          topic: {topic}\n\
          server: {{ listen: '127.0.0.1:0', shutdownGrace: 5s }}\n\
          ingest: {{ enabled: false }}\n\
          websocket: {{ {websocket_yaml} }}\n"
     );
     DataplaneConfig::from_yaml(&text).expect("test config is valid")
+}
+
+/// How long any relay test may run before [`Watchdog`] aborts the test process.
+pub const TEST_LIMIT: Duration = Duration::from_secs(120);
+
+/// Aborts the whole test process, loudly, when it is still alive after its limit: it runs on
+/// a plain thread, so a wedged runtime (every worker blocked, nobody driving timers, so no
+/// `tokio::time::timeout` fires) fails CI instead of hanging it. Dropping it (the test ends,
+/// or unwinds from a failed assertion) disarms it.
+pub struct Watchdog {
+    _disarm: std::sync::mpsc::Sender<()>,
+}
+
+impl Watchdog {
+    /// Arms a watchdog for the test `name`.
+    pub fn arm(name: &'static str, limit: Duration) -> Watchdog {
+        let (disarm, armed) = std::sync::mpsc::channel::<()>();
+        std::thread::Builder::new()
+            .name(format!("watchdog-{name}"))
+            .spawn(move || {
+                if let Err(std::sync::mpsc::RecvTimeoutError::Timeout) = armed.recv_timeout(limit) {
+                    // Straight to stderr: libtest captures `eprintln!` (also on threads a
+                    // test spawns) and would lose it with the process.
+                    let _ = std::io::Write::write_all(
+                        &mut std::io::stderr(),
+                        format!(
+                            "\nWATCHDOG: test `{name}` is still running after {limit:?}: the \
+                             async runtime is wedged or the test waits without a deadline. \
+                             Aborting the test process so that CI fails instead of hanging.\n"
+                        )
+                        .as_bytes(),
+                    );
+                    std::process::abort();
+                }
+            })
+            .expect("watchdog thread starts");
+        Watchdog { _disarm: disarm }
+    }
+}
+
+/// Runs the test body `test` on a multi-thread runtime with two workers (the flavour the
+/// bridge runs on in production, as many workers as CI has cores), under a [`Watchdog`] that
+/// outlives the runtime, so a runtime whose shutdown hangs is caught too.
+pub fn on_multi_thread_runtime(name: &'static str, test: impl std::future::Future<Output = ()>) {
+    let _watchdog = Watchdog::arm(name, TEST_LIMIT);
+    let runtime = tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(2)
+        .enable_all()
+        .build()
+        .expect("runtime");
+    runtime.block_on(test);
+    drop(runtime);
 }
 
 pub struct Bridge {
@@ -106,11 +173,16 @@ pub async fn send<S: AsyncRead + AsyncWrite + Unpin>(ws: &mut WebSocketStream<S>
 }
 
 /// The next JSON frame (skipping pings), or panics after `WAIT`.
+///
+/// The wait is one deadline for the whole call, not one per frame: the bridge pings every
+/// `pingInterval` (20 s by default, as long as `WAIT`), and a per-frame timeout restarted by
+/// each skipped ping would never expire, turning a missing frame into a hang.
 pub async fn next_json<S: AsyncRead + AsyncWrite + Unpin>(ws: &mut WebSocketStream<S>) -> Value {
+    let deadline = tokio::time::Instant::now() + WAIT;
     loop {
-        let msg = tokio::time::timeout(WAIT, ws.next())
+        let msg = tokio::time::timeout_at(deadline, ws.next())
             .await
-            .expect("a frame within the wait")
+            .expect("a JSON frame within the wait (pings do not count)")
             .expect("stream open")
             .expect("frame ok");
         match msg {
@@ -123,12 +195,13 @@ pub async fn next_json<S: AsyncRead + AsyncWrite + Unpin>(ws: &mut WebSocketStre
     }
 }
 
-/// The close frame's code, reading and discarding anything before it.
+/// The close frame's code, reading and discarding anything before it (within one `WAIT`).
 pub async fn close_code<S: AsyncRead + AsyncWrite + Unpin>(
     ws: &mut WebSocketStream<S>,
 ) -> Option<CloseCode> {
+    let deadline = tokio::time::Instant::now() + WAIT;
     loop {
-        match tokio::time::timeout(WAIT, ws.next())
+        match tokio::time::timeout_at(deadline, ws.next())
             .await
             .expect("closes within the wait")
         {
