@@ -98,6 +98,9 @@ pub async fn start_with_key(
             if let Err(e) = ingest.close(deadline).await {
                 tracing::warn!(error = %e, "producer flush incomplete at shutdown");
             }
+            // Dropping the producer purges, flushes and joins librdkafka's threads: not on a
+            // worker.
+            let _ = tokio::task::spawn_blocking(move || drop(ingest)).await;
         }
         // The consumer task closes its Kafka consumer off the runtime; wait for that, bounded.
         let close = crate::relay::consumer::CLOSE_TIMEOUT + Duration::from_secs(1);

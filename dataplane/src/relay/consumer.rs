@@ -23,7 +23,8 @@ use std::time::{Duration, Instant};
 
 use bytes::Bytes;
 use futures::FutureExt;
-use rdkafka::consumer::{Consumer, StreamConsumer};
+use rdkafka::client::ClientContext;
+use rdkafka::consumer::{Consumer, ConsumerContext, StreamConsumer};
 use rdkafka::error::{KafkaError, RDKafkaErrorCode};
 use rdkafka::message::{Headers, Message};
 use rdkafka::{ClientConfig, Offset, TopicPartitionList};
@@ -155,7 +156,7 @@ pub fn is_out_of_range(error: &KafkaError) -> bool {
 
 /// Blocking: reads the partitions of `topic` and their (low, high) watermarks, all within
 /// `METADATA_TIMEOUT`.
-pub fn watermarks<C: Consumer>(
+pub fn watermarks<C: Consumer<RelayContext>>(
     consumer: &C,
     topic: &str,
 ) -> Result<Vec<(i32, i64, i64)>, ConsumerError> {
@@ -224,7 +225,7 @@ pub fn realign(next: &Positions, marks: &[(i32, i64, i64)]) -> Realign {
 /// Blocking: reads the watermarks, plans with [`realign`] and assigns every partition of
 /// `next` at its resume offset (replacing the assignment, which restarts the partitions
 /// librdkafka stopped).
-pub fn reassign<C: Consumer>(
+pub fn reassign<C: Consumer<RelayContext>>(
     consumer: &C,
     topic: &str,
     next: &Positions,
@@ -248,6 +249,26 @@ pub fn reassign<C: Consumer>(
     Ok(plan)
 }
 
+/// Context of the bridge's consumers (live and replay): librdkafka's out-of-range report is
+/// expected with `auto.offset.reset=error` and handled as a retention gap, so it is not logged as
+/// an error (the gap is logged and counted where it is handled); every other error is.
+pub struct RelayContext;
+
+impl ClientContext for RelayContext {
+    fn error(&self, error: KafkaError, reason: &str) {
+        if matches!(
+            error.rdkafka_error_code(),
+            Some(RDKafkaErrorCode::AutoOffsetReset)
+        ) {
+            tracing::debug!(%error, reason, "position out of range (handled as a retention gap)");
+        } else {
+            tracing::error!(%error, reason, "Kafka client error");
+        }
+    }
+}
+
+impl ConsumerContext for RelayContext {}
+
 /// Drops `value` (a librdkafka client, or whatever holds it) on a thread of its own, off the
 /// runtime; the receiver completes once it is dropped. Should the thread not start, `value`
 /// is dropped here.
@@ -270,7 +291,7 @@ pub type ConsumerStartTarget = Positions;
 
 /// The running consumer.
 pub struct BridgeConsumer {
-    consumer: Arc<StreamConsumer>,
+    consumer: Arc<StreamConsumer<RelayContext>>,
     topic: String,
     /// Whether partitions are assigned and the start high watermarks reached.
     pub assigned: Arc<AtomicBool>,
@@ -289,7 +310,9 @@ impl BridgeConsumer {
         ready: Arc<AtomicBool>,
         shutdown: &CancellationToken,
     ) -> Result<(Self, Positions), ConsumerError> {
-        let consumer: StreamConsumer = assign_only(base).create().map_err(ConsumerError::Create)?;
+        let consumer: StreamConsumer<RelayContext> = assign_only(base)
+            .create_with_context(RelayContext)
+            .map_err(ConsumerError::Create)?;
         let consumer = Arc::new(consumer);
         let (start, target) = match assign_start(&consumer, topic, earliest, shutdown).await {
             Ok(positions) => positions,
@@ -509,7 +532,7 @@ impl BridgeConsumer {
 /// Reads the watermarks and assigns the start positions (waiting for the topic to exist), off
 /// the runtime. Returns (start positions, high watermarks at start).
 async fn assign_start(
-    consumer: &Arc<StreamConsumer>,
+    consumer: &Arc<StreamConsumer<RelayContext>>,
     topic: &str,
     earliest: bool,
     shutdown: &CancellationToken,
@@ -555,7 +578,7 @@ async fn assign_start(
 
 /// Follows partition increases and updates the lag gauges, every [`REFRESH_INTERVAL`].
 struct Refresher {
-    consumer: Arc<StreamConsumer>,
+    consumer: Arc<StreamConsumer<RelayContext>>,
     topic: String,
     assignment: Arc<tokio::sync::Mutex<()>>,
     hub: Arc<Hub>,

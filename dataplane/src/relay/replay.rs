@@ -13,7 +13,7 @@ use tokio::sync::{Semaphore, mpsc};
 
 use super::channel::{ALL, ChannelSource};
 use super::client::Client;
-use super::consumer::{assign_only, is_out_of_range, reassign, to_record};
+use super::consumer::{RelayContext, assign_only, is_out_of_range, reassign, to_record};
 use super::metrics::RelayMetrics;
 use super::protocol::{self, ErrorCode, GapKind, Positions, ProtocolError};
 use super::record::Record;
@@ -226,14 +226,15 @@ impl Replayer {
             let to = ranges.iter().map(|(p, (_, e))| (*p, *e)).collect();
             let _ = tx.blocking_send(Step::Gap(from, to, GapKind::ReplayFailed));
         };
-        let consumer: BaseConsumer = match assign_only(&self.base).create() {
-            Ok(c) => c,
-            Err(e) => {
-                tracing::warn!(error = %e, "cannot create a replay consumer");
-                fail_all(&ranges, &tx);
-                return;
-            }
-        };
+        let consumer: BaseConsumer<RelayContext> =
+            match assign_only(&self.base).create_with_context(RelayContext) {
+                Ok(c) => c,
+                Err(e) => {
+                    tracing::warn!(error = %e, "cannot create a replay consumer");
+                    fail_all(&ranges, &tx);
+                    return;
+                }
+            };
         // A client ahead of this bridge (it saw records from another replica): fine if they
         // exist in Kafka, an error if they are beyond the end of the partition.
         for (p, seen) in &ahead {
