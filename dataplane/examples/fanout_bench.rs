@@ -6,9 +6,18 @@
 //! table row per scenario: deliveries/s, end-to-end p50/p99 (producer wall clock → client
 //! receive, same machine clock), RSS per connection.
 //!
+//! Two more tables separate the bridge's cost from the clients': CPU per thread group (the
+//! bridge's Tokio workers, librdkafka's threads with the mock broker, the clients) per delivery,
+//! and where the latency accumulates (Kafka → consumed → offered → taken by the writer →
+//! flushed → read by the client), from the relay's stage histograms.
+//!
+//! `--pin 0:1` pins the bridge process (every thread: broker, consumer, Tokio workers) to CPU 0
+//! and the clients to CPU 1 (`taskset`), so that neither steals the other's core.
+//!
 //! ```sh
 //! cargo run --release -p eventstream-dataplane --example fanout_bench
 //! cargo run --release -p eventstream-dataplane --example fanout_bench -- --scenarios 1000x500,10000x50 --seconds 10
+//! cargo run --release -p eventstream-dataplane --example fanout_bench -- --scenarios 10000x50 --pin 0:1
 //! ```
 
 use std::io::{BufRead, BufReader, Write};
@@ -53,6 +62,46 @@ fn cpu_seconds(pid: u32) -> f64 {
             let stime: f64 = fields.get(12)?.parse().ok()?;
             Some((utime + stime) / 100.0)
         })
+        .unwrap_or(0.0)
+}
+
+/// CPU seconds per thread group of a process: (Tokio workers, everything else), from
+/// `/proc/<pid>/task/*/stat` (threads that ended are not counted).
+fn thread_cpu_seconds(pid: u32) -> (f64, f64) {
+    let (mut runtime, mut other) = (0.0, 0.0);
+    let Ok(tasks) = std::fs::read_dir(format!("/proc/{pid}/task")) else {
+        return (0.0, 0.0);
+    };
+    for task in tasks.flatten() {
+        let Ok(stat) = std::fs::read_to_string(task.path().join("stat")) else {
+            continue;
+        };
+        let Some((head, rest)) = stat.rsplit_once(')') else {
+            continue;
+        };
+        let comm = head.split_once('(').map(|x| x.1).unwrap_or_default();
+        let fields: Vec<&str> = rest.split_whitespace().collect();
+        let ticks = |i: usize| {
+            fields
+                .get(i)
+                .and_then(|f| f.parse::<f64>().ok())
+                .unwrap_or(0.0)
+        };
+        let cpu = (ticks(11) + ticks(12)) / 100.0;
+        if comm.starts_with("tokio-r") {
+            runtime += cpu;
+        } else {
+            other += cpu;
+        }
+    }
+    (runtime, other)
+}
+
+/// The 1-minute load average (everything runnable on the machine, other users' work included).
+fn load_average() -> f64 {
+    std::fs::read_to_string("/proc/loadavg")
+        .ok()
+        .and_then(|s| s.split_whitespace().next()?.parse().ok())
         .unwrap_or(0.0)
 }
 
@@ -201,6 +250,12 @@ fn clients_main() -> Result<()> {
 
 struct Row {
     clients: usize,
+    received: f64,
+    runtime_cpu: f64,
+    kafka_cpu: f64,
+    load: f64,
+    stages: Vec<(u64, u64)>,
+    writes: u64,
     rate: u64,
     deliveries_per_s: f64,
     p50_ms: f64,
@@ -212,6 +267,7 @@ struct Row {
     write_p99: f64,
     expected_per_s: f64,
     delivered_pct: f64,
+    elapsed: f64,
 }
 
 fn bench_main() -> Result<()> {
@@ -227,6 +283,33 @@ fn bench_main() -> Result<()> {
             Ok((c.parse()?, r.parse()?))
         })
         .collect::<Result<_>>()?;
+    // `--pin BRIDGE_CPUS:CLIENT_CPUS`: every thread of this process (set before any is started,
+    // so all inherit it) on the first list, the client process on the second.
+    let pin = arg("--pin")
+        .map(|p| {
+            p.split_once(':')
+                .map(|(b, c)| (b.to_string(), c.to_string()))
+                .context("--pin is BRIDGE_CPUS:CLIENT_CPUS, e.g. 0:1")
+        })
+        .transpose()?;
+    if let Some((bridge_cpus, _)) = &pin {
+        let status = Command::new("taskset")
+            .args([
+                "-a",
+                "-p",
+                "-c",
+                bridge_cpus,
+                &std::process::id().to_string(),
+            ])
+            .stdout(Stdio::null())
+            .status()
+            .context("taskset")?;
+        if !status.success() {
+            bail!("taskset failed");
+        }
+    }
+    let client_cpus = pin.map(|p| p.1);
+    eventstream_dataplane::relay::metrics::STAGES.enable();
     let kafka = eventstream_testkit::MockKafka::new(1)?;
     kafka.create_topic("bench", 6, 1)?;
     let bootstrap = kafka.bootstrap();
@@ -252,7 +335,18 @@ fn bench_main() -> Result<()> {
             .create()?;
         let mut rows = Vec::new();
         for (clients, rate) in &scenarios {
-            rows.push(scenario(&url, *clients, *rate, seconds, &producer, &registry).await?);
+            rows.push(
+                scenario(
+                    &url,
+                    *clients,
+                    *rate,
+                    seconds,
+                    &producer,
+                    &registry,
+                    client_cpus.as_deref(),
+                )
+                .await?,
+            );
         }
         shutdown.cancel();
         let _ = tokio::time::timeout(Duration::from_secs(10), running.task).await;
@@ -263,7 +357,7 @@ fn bench_main() -> Result<()> {
         "| clients | msgs/s produced | deliveries/s offered | deliveries/s measured | delivered | e2e p50 | e2e p99 | bridge RSS per idle connection | bridge+broker CPU | clients CPU | bridge Kafka→write p50 / p99 |"
     );
     println!("|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|");
-    for (i, r) in rows.into_iter().enumerate() {
+    for (i, r) in rows.iter().enumerate() {
         // RSS per connection is only meaningful in a fresh process: later scenarios reuse memory
         // the allocator kept from earlier ones.
         let rss = if i == 0 {
@@ -287,8 +381,69 @@ fn bench_main() -> Result<()> {
             r.write_p99
         );
     }
+    println!();
     println!(
-        "\n{seconds} s per scenario; broker: librdkafka mock cluster in the bridge process; clients: one child process (1 thread); 2-core machine."
+        "| clients | msgs/s | deliveries | bridge Tokio workers | librdkafka + mock broker | clients | load avg (1 min) | bridge workers µs/delivery | clients µs/delivery | deliveries per socket write |"
+    );
+    println!("|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|");
+    for r in &rows {
+        let per = |cores: f64| {
+            if r.received > 0.0 {
+                cores * 1e6 / (r.received / r.elapsed)
+            } else {
+                0.0
+            }
+        };
+        println!(
+            "| {} | {} | {:.0} | {:.2} cores | {:.2} cores | {:.2} cores | {:.1} | {:.2} | {:.2} | {:.2} |",
+            r.clients,
+            r.rate,
+            r.received,
+            r.runtime_cpu,
+            r.kafka_cpu,
+            r.clients_cpu,
+            r.load,
+            per(r.runtime_cpu),
+            per(r.clients_cpu),
+            r.received / (r.writes.max(1) as f64),
+        );
+    }
+    println!();
+    println!(
+        "| clients | msgs/s | Kafka → consumed p50 / p99 | consumed → offered to all (per batch) p50 / p99 | consumed → taken by writer p50 / p99 | taken → flushed (per write) p50 / p99 | e2e (client read) p50 / p99 |"
+    );
+    println!("|---:|---:|---:|---:|---:|---:|---:|");
+    let ms = |us: u64| us as f64 / 1000.0;
+    for r in &rows {
+        let st = &r.stages;
+        println!(
+            "| {} | {} | {:.0} / {:.0} ms | {:.2} / {:.2} ms | {:.2} / {:.2} ms | {:.3} / {:.3} ms | {:.1} / {:.1} ms |",
+            r.clients,
+            r.rate,
+            ms(st[0].0),
+            ms(st[0].1),
+            ms(st[1].0),
+            ms(st[1].1),
+            ms(st[2].0),
+            ms(st[2].1),
+            ms(st[3].0),
+            ms(st[3].1),
+            r.p50_ms,
+            r.p99_ms,
+        );
+    }
+    println!(
+        "\n{seconds} s per scenario; broker: librdkafka mock cluster in the bridge process; clients: one child process (1 thread); pinning: {}; {} CPUs.",
+        arg("--pin")
+            .map(|p| format!(
+                "bridge process on CPU {}, clients on CPU {}",
+                p.split(':').next().unwrap_or(""),
+                p.split(':').nth(1).unwrap_or("")
+            ))
+            .unwrap_or_else(|| "none".into()),
+        std::thread::available_parallelism()
+            .map(|n| n.get())
+            .unwrap_or(0)
     );
     Ok(())
 }
@@ -332,11 +487,20 @@ async fn scenario(
     seconds: u64,
     producer: &FutureProducer,
     registry: &prometheus::Registry,
+    client_cpus: Option<&str>,
 ) -> Result<Row> {
     let pid = std::process::id();
     let before = rss_kib(pid);
     let exe = std::env::current_exe()?;
-    let mut child = Command::new(exe)
+    let mut command = match client_cpus {
+        Some(cpus) => {
+            let mut c = Command::new("taskset");
+            c.args(["-c", cpus]).arg(exe);
+            c
+        }
+        None => Command::new(exe),
+    };
+    let mut child = command
         .args([
             "--role",
             "clients",
@@ -367,6 +531,10 @@ async fn scenario(
     let child_pid = child.id();
     let (bridge_cpu0, clients_cpu0) = (cpu_seconds(pid), cpu_seconds(child_pid));
     let buckets_before = bridge_buckets(registry);
+    let stages = &eventstream_dataplane::relay::metrics::STAGES;
+    let stage_list = [&stages.kafka, &stages.fanout, &stages.queue, &stages.write];
+    let stages_before: Vec<Vec<u64>> = stage_list.iter().map(|h| h.snapshot()).collect();
+    let (runtime0, kafka0) = thread_cpu_seconds(pid);
     writeln!(stdin, "start")?;
     let started = Instant::now();
     let interval = Duration::from_secs_f64(1.0 / rate as f64);
@@ -387,6 +555,26 @@ async fn scenario(
     tokio::time::sleep(Duration::from_millis(500)).await;
     let elapsed = started.elapsed().as_secs_f64();
     let bridge_cpu = (cpu_seconds(pid) - bridge_cpu0) / elapsed;
+    let (runtime1, kafka1) = thread_cpu_seconds(pid);
+    let load = load_average();
+    let stage_quantiles: Vec<(u64, u64)> = stage_list
+        .iter()
+        .zip(&stages_before)
+        .map(|(h, before)| {
+            let after = h.snapshot();
+            let q = |q| {
+                eventstream_dataplane::relay::metrics::StageHistogram::quantile(before, &after, q).0
+            };
+            (q(0.50), q(0.99))
+        })
+        .collect();
+    // Writes with at least one event, from the `write` stage's count.
+    let writes = eventstream_dataplane::relay::metrics::StageHistogram::quantile(
+        &stages_before[3],
+        &stage_list[3].snapshot(),
+        0.5,
+    )
+    .1;
     let buckets_after = bridge_buckets(registry);
     let write_p50 = bucket_quantile(&buckets_before, &buckets_after, 0.50);
     let write_p99 = bucket_quantile(&buckets_before, &buckets_after, 0.99);
@@ -407,6 +595,13 @@ async fn scenario(
     tokio::time::sleep(Duration::from_secs(2)).await;
     Ok(Row {
         clients,
+        received,
+        runtime_cpu: (runtime1 - runtime0) / elapsed,
+        kafka_cpu: (kafka1 - kafka0) / elapsed,
+        load,
+        stages: stage_quantiles,
+        writes,
+        elapsed,
         rate,
         deliveries_per_s: received / elapsed,
         delivered_pct: 100.0 * received / (total as f64 * clients as f64),

@@ -421,6 +421,16 @@ impl BridgeConsumer {
                         next.insert(record.partition, record.offset + 1);
                         true
                     });
+                    if super::metrics::STAGES.enabled() {
+                        let now_ms = chrono::Utc::now().timestamp_millis();
+                        for record in &batch {
+                            if let Some(ts) = record.timestamp_ms {
+                                super::metrics::STAGES
+                                    .kafka
+                                    .record_micros((now_ms - ts).max(0) as u64 * 1000);
+                            }
+                        }
+                    }
                     hub.publish_batch(&batch);
                     metrics.consumed.inc_by(batch.len() as u64);
                     if !target.is_empty() {

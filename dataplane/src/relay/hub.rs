@@ -139,9 +139,11 @@ impl Hub {
         for record in records {
             if let Some(channel) = &record.channel {
                 let mut shard = self.shard(channel).lock();
-                if let Some(subs) = shard.subs.get(&**channel) {
+                // The map's key is the name every subscriber registered (see `subscribe`), so
+                // clients find their subscription by pointer.
+                if let Some((name, subs)) = shard.subs.get_key_value(&**channel) {
                     for client in &subs.list {
-                        if client.offer_deferred(channel, record) {
+                        if client.offer_deferred(name, record) {
                             touched.push(client.clone());
                         }
                     }
@@ -163,6 +165,13 @@ impl Hub {
         }
         for client in touched {
             client.wake();
+        }
+        if let Some(first) = records.first()
+            && super::metrics::STAGES.enabled()
+        {
+            super::metrics::STAGES
+                .fanout
+                .record(first.consumed_at.elapsed());
         }
     }
 
@@ -207,13 +216,23 @@ impl Hub {
         floor: Positions,
     ) -> Option<Registered> {
         let mut shard = self.shard(name).lock();
-        let subs = shard.subs.entry(name.clone()).or_default();
+        // One `Arc<str>` per channel, shared by every subscriber and passed back on every
+        // offer, so that a client finds its subscription by pointer.
+        let canonical = if &**name == ALL {
+            self.star_name.clone()
+        } else {
+            match shard.subs.get_key_value(&**name) {
+                Some((key, _)) => key.clone(),
+                None => name.clone(),
+            }
+        };
+        let subs = shard.subs.entry(canonical.clone()).or_default();
         if !subs.insert(client.clone()) {
             return None;
         }
         self.subscriptions.fetch_add(1, Ordering::Relaxed);
         let fresh = floor.is_empty();
-        client.add_subscription(name.clone(), replaying, floor);
+        client.add_subscription(canonical, replaying, floor);
         let positions = shard.positions.clone();
         if !replaying {
             if fresh && let Some(last) = shard.last.get(&**name) {
@@ -372,6 +391,43 @@ mod tests {
             panic!("snapshot first")
         };
         assert!(t.as_str().contains(r#""offset":1"#), "{}", t.as_str());
+    }
+
+    #[test]
+    fn a_client_with_several_subscriptions_gets_each() {
+        let hub = Hub::new(false);
+        hub.add_partitions(&[(0, 0)].into());
+        let c = client(1);
+        for name in ["a", "b", "*"] {
+            hub.subscribe(&c, &name.into(), false, Positions::new())
+                .expect("new");
+        }
+        // Another subscriber of `a`, registering its own `Arc<str>`.
+        let d = client(2);
+        hub.subscribe(&d, &Arc::from("a"), false, Positions::new())
+            .expect("new");
+        hub.publish(&rec("a", 0, 0));
+        hub.publish(&rec("b", 0, 1));
+        assert_eq!(
+            events(&c),
+            [
+                ("a".into(), 0, 0),
+                ("*".into(), 0, 0),
+                ("b".into(), 0, 1),
+                ("*".into(), 0, 1)
+            ]
+        );
+        assert_eq!(events(&d), [("a".into(), 0, 0)]);
+        // The inline (first) subscription goes and comes back.
+        assert!(hub.unsubscribe(&c, "a"));
+        hub.publish(&rec("a", 0, 2));
+        assert_eq!(events(&c), [("*".into(), 0, 2)]);
+        assert_eq!(events(&d), [("a".into(), 0, 2)]);
+        hub.subscribe(&c, &"a".into(), false, Positions::new())
+            .expect("again");
+        hub.publish(&rec("a", 0, 3));
+        assert_eq!(events(&c), [("a".into(), 0, 3), ("*".into(), 0, 3)]);
+        assert_eq!(c.subscription_count(), 3);
     }
 
     #[test]

@@ -1,9 +1,122 @@
 //! Metrics of the fan-out (all `eventstream_*`, label `stream`); documented in `docs/metrics.md`.
 
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+
 use prometheus::{
     Histogram, HistogramOpts, HistogramVec, IntCounter, IntCounterVec, IntGauge, IntGaugeVec, Opts,
     Registry,
 };
+
+/// Where live deliveries spend their time, process-wide, for benchmarks: off (one relaxed load
+/// per write) until [`Stages::enable`]. Not exported to Prometheus.
+pub static STAGES: Stages = Stages {
+    enabled: AtomicBool::new(false),
+    kafka: StageHistogram::new(),
+    fanout: StageHistogram::new(),
+    queue: StageHistogram::new(),
+    write: StageHistogram::new(),
+};
+
+/// Latency stages of live deliveries.
+pub struct Stages {
+    enabled: AtomicBool,
+    /// Kafka record timestamp → consumed by the bridge (per record; millisecond clock).
+    pub kafka: StageHistogram,
+    /// Consumed → offered to every subscriber of the batch (per published batch).
+    pub fanout: StageHistogram,
+    /// Consumed → taken from the client's queue by its writer (per event; includes the fan-out
+    /// and the writer task's wake-up).
+    pub queue: StageHistogram,
+    /// Taken from the queue → flushed to the socket (per write).
+    pub write: StageHistogram,
+}
+
+impl Stages {
+    /// Starts recording.
+    pub fn enable(&self) {
+        self.enabled.store(true, Ordering::Relaxed);
+    }
+
+    /// Whether recording is on.
+    pub fn enabled(&self) -> bool {
+        self.enabled.load(Ordering::Relaxed)
+    }
+}
+
+const SUB_BUCKETS: u32 = 32;
+const STAGE_BUCKETS: usize = 64 + 26 * SUB_BUCKETS as usize;
+
+/// A lock-free histogram of durations in µs: exact below 64 µs, then 32 buckets per power of two
+/// (≤ 3 % error) up to ~70 minutes; longer ones count in the last bucket.
+pub struct StageHistogram {
+    buckets: [AtomicU64; STAGE_BUCKETS],
+}
+
+impl StageHistogram {
+    const fn new() -> Self {
+        Self {
+            buckets: [const { AtomicU64::new(0) }; STAGE_BUCKETS],
+        }
+    }
+
+    fn index(micros: u64) -> usize {
+        if micros < 64 {
+            return micros as usize;
+        }
+        let exp = 63 - micros.leading_zeros();
+        let mantissa = (micros >> (exp - 5)) & u64::from(SUB_BUCKETS - 1);
+        (64 + (exp as usize - 6) * SUB_BUCKETS as usize + mantissa as usize).min(STAGE_BUCKETS - 1)
+    }
+
+    fn upper_micros(index: usize) -> u64 {
+        if index < 64 {
+            return index as u64 + 1;
+        }
+        let exp = (index - 64) as u32 / SUB_BUCKETS + 6;
+        let mantissa = (index - 64) as u64 % u64::from(SUB_BUCKETS);
+        ((u64::from(SUB_BUCKETS) + mantissa + 1) << (exp - 5)) - 1
+    }
+
+    /// Records one duration.
+    pub fn record(&self, d: std::time::Duration) {
+        self.record_micros(d.as_micros() as u64);
+    }
+
+    /// Records one duration in µs.
+    pub fn record_micros(&self, micros: u64) {
+        self.buckets[Self::index(micros)].fetch_add(1, Ordering::Relaxed);
+    }
+
+    /// The counts per bucket (to subtract an earlier snapshot).
+    pub fn snapshot(&self) -> Vec<u64> {
+        self.buckets
+            .iter()
+            .map(|b| b.load(Ordering::Relaxed))
+            .collect()
+    }
+
+    /// Quantile `q` (upper bucket bound, µs) and count of `after − before` snapshots.
+    pub fn quantile(before: &[u64], after: &[u64], q: f64) -> (u64, u64) {
+        let diff: Vec<u64> = after
+            .iter()
+            .zip(before.iter().chain(std::iter::repeat(&0)))
+            .map(|(a, b)| a.saturating_sub(*b))
+            .collect();
+        let total: u64 = diff.iter().sum();
+        if total == 0 {
+            return (0, 0);
+        }
+        let rank = ((total as f64) * q).ceil().max(1.0) as u64;
+        let mut seen = 0;
+        for (i, c) in diff.iter().enumerate() {
+            seen += c;
+            if seen >= rank {
+                return (Self::upper_micros(i), total);
+            }
+        }
+        (Self::upper_micros(STAGE_BUCKETS - 1), total)
+    }
+}
 
 /// The relay's metric handles, already bound to the stream label where possible.
 #[derive(Clone)]
@@ -246,5 +359,32 @@ impl RelayMetrics {
         self.lag
             .with_label_values(&[&self.stream, &partition.to_string()])
             .set(lag);
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::StageHistogram;
+
+    #[test]
+    fn stage_buckets_bound_their_values_within_a_few_percent() {
+        for micros in [0, 1, 63, 64, 65, 100, 1_000, 12_345, 999_999, 4_000_000_000] {
+            let i = StageHistogram::index(micros);
+            let upper = StageHistogram::upper_micros(i);
+            assert!(upper >= micros, "{micros} → bucket {i} ≤ {upper}");
+            assert!(
+                upper as f64 <= micros as f64 * 1.04 + 1.0,
+                "{micros} → bucket {i} ≤ {upper}"
+            );
+        }
+        assert_eq!(StageHistogram::index(u64::MAX), super::STAGE_BUCKETS - 1);
+        let h = StageHistogram::new();
+        let before = h.snapshot();
+        for micros in 1..=100 {
+            h.record_micros(micros * 100);
+        }
+        let (p50, count) = StageHistogram::quantile(&before, &h.snapshot(), 0.5);
+        assert_eq!(count, 100);
+        assert!((5_000..=5_200).contains(&p50), "{p50}");
     }
 }

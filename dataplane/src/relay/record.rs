@@ -90,6 +90,8 @@ pub struct Record {
     pub channel: Option<Arc<str>>,
     /// What the payload is.
     pub kind: PayloadKind,
+    /// When the bridge built this record from Kafka (for the latency stages).
+    pub consumed_at: std::time::Instant,
     encoded: [OnceLock<WireFrame>; 4],
 }
 
@@ -115,6 +117,7 @@ impl Record {
             headers,
             channel,
             kind,
+            consumed_at: std::time::Instant::now(),
             encoded: Default::default(),
         }
     }

@@ -377,6 +377,9 @@ async fn write_queued(
             let mut events = 0u64;
             let mut bytes = 0u64;
             let now_ms = chrono::Utc::now().timestamp_millis();
+            let stages = super::metrics::STAGES
+                .enabled()
+                .then(std::time::Instant::now);
             for item in drained.items {
                 let frame = match item {
                     Outbound::Event {
@@ -384,9 +387,15 @@ async fn write_queued(
                         partition,
                         offset,
                         timestamp_ms,
+                        consumed_at,
                         frame,
                     } => {
                         events += 1;
+                        if let Some(drained_at) = stages {
+                            super::metrics::STAGES
+                                .queue
+                                .record(drained_at.saturating_duration_since(consumed_at));
+                        }
                         if let Some(ts) = timestamp_ms {
                             shared
                                 .metrics
@@ -411,6 +420,11 @@ async fn write_queued(
                 socket.feed(to_message(frame)).await.map_err(|_| ())?;
             }
             socket.flush().await.map_err(|_| ())?;
+            if let Some(drained_at) = stages
+                && events > 0
+            {
+                super::metrics::STAGES.write.record(drained_at.elapsed());
+            }
             shared.metrics.deliveries.inc_by(events);
             shared.metrics.bytes_out.inc_by(bytes);
             Ok::<(), ()>(())
