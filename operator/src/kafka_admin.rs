@@ -22,7 +22,7 @@ use rdkafka::admin::{
 };
 use rdkafka::client::DefaultClientContext;
 use rdkafka::consumer::{BaseConsumer, CommitMode, Consumer};
-use rdkafka::error::{KafkaError, RDKafkaErrorCode};
+use rdkafka::error::{KafkaError, KafkaResult, RDKafkaErrorCode};
 use rdkafka::{ClientConfig, Offset, TopicPartitionList};
 
 use crate::kafka_wire::{ConfigOp, incremental_alter_configs};
@@ -791,6 +791,29 @@ async fn map_err(conn: &KafkaConnection, operation: &str, e: KafkaError) -> Kafk
     }
 }
 
+/// The outcome of an admin request for one resource: the request's error, or the resource's
+/// error unless it is `fine` (already there, already gone).
+async fn each_ok(
+    conn: &KafkaConnection,
+    operation: &str,
+    // `TopicResult` and `GroupResult` are the same type: a name, or a name and its error.
+    results: KafkaResult<Vec<rdkafka::admin::TopicResult>>,
+    fine: RDKafkaErrorCode,
+) -> Result<(), KafkaAdminError> {
+    let results = match results {
+        Ok(r) => r,
+        Err(e) => return Err(map_err(conn, operation, e).await),
+    };
+    for r in results {
+        match r {
+            Ok(_) => {}
+            Err((_, code)) if code == fine => {}
+            Err((_, code)) => return Err(map_code(conn, operation, code).await),
+        }
+    }
+    Ok(())
+}
+
 async fn map_code(
     conn: &KafkaConnection,
     operation: &str,
@@ -912,17 +935,14 @@ impl KafkaAdmin for RdKafkaAdmin {
             for (k, v) in &topic.configs {
                 new = new.set(k, v);
             }
-            let results = match client.create_topics(&[new], &self.options()).await {
-                Ok(r) => r,
-                Err(e) => return Err(map_err(conn, "create the topic", e).await),
-            };
-            for r in results {
-                match r {
-                    Ok(_) | Err((_, RDKafkaErrorCode::TopicAlreadyExists)) => {}
-                    Err((_, code)) => return Err(map_code(conn, "create the topic", code).await),
-                }
-            }
-            Ok(())
+            let results = client.create_topics(&[new], &self.options()).await;
+            each_ok(
+                conn,
+                "create the topic",
+                results,
+                RDKafkaErrorCode::TopicAlreadyExists,
+            )
+            .await
         })
     }
 
@@ -1006,17 +1026,14 @@ impl KafkaAdmin for RdKafkaAdmin {
     ) -> BoxFuture<'a, Result<(), KafkaAdminError>> {
         Box::pin(async move {
             let client = self.client(conn)?;
-            let results = match client.delete_topics(&[topic], &self.options()).await {
-                Ok(r) => r,
-                Err(e) => return Err(map_err(conn, "delete the topic", e).await),
-            };
-            for r in results {
-                match r {
-                    Ok(_) | Err((_, RDKafkaErrorCode::UnknownTopicOrPartition)) => {}
-                    Err((_, code)) => return Err(map_code(conn, "delete the topic", code).await),
-                }
-            }
-            Ok(())
+            let results = client.delete_topics(&[topic], &self.options()).await;
+            each_ok(
+                conn,
+                "delete the topic",
+                results,
+                RDKafkaErrorCode::UnknownTopicOrPartition,
+            )
+            .await
         })
     }
 
@@ -1027,19 +1044,14 @@ impl KafkaAdmin for RdKafkaAdmin {
     ) -> BoxFuture<'a, Result<(), KafkaAdminError>> {
         Box::pin(async move {
             let client = self.client(conn)?;
-            let results = match client.delete_groups(&[group], &self.options()).await {
-                Ok(r) => r,
-                Err(e) => return Err(map_err(conn, "delete the consumer group", e).await),
-            };
-            for r in results {
-                match r {
-                    Ok(_) | Err((_, RDKafkaErrorCode::GroupIdNotFound)) => {}
-                    Err((_, code)) => {
-                        return Err(map_code(conn, "delete the consumer group", code).await);
-                    }
-                }
-            }
-            Ok(())
+            let results = client.delete_groups(&[group], &self.options()).await;
+            each_ok(
+                conn,
+                "delete the consumer group",
+                results,
+                RDKafkaErrorCode::GroupIdNotFound,
+            )
+            .await
         })
     }
 
