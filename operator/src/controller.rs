@@ -831,36 +831,21 @@ pub async fn apply(es: Arc<EventStream>, ctx: Arc<Context>) -> Result<Action, Er
         remove_reset_annotation(&es, &ctx, &ns).await?;
     }
 
-    Ok(match wait {
-        Wait::Resync => {
-            ctx.succeeded(&es);
-            ctx.metrics.reconciliations.with_label_values(&["ok"]).inc();
-            Action::requeue(cfg.resync)
-        }
-        Wait::Rollout => {
-            ctx.succeeded(&es);
-            ctx.metrics
-                .reconciliations
-                .with_label_values(&["waiting"])
-                .inc();
-            Action::requeue(cfg.rollout_check)
-        }
-        Wait::User => {
-            ctx.succeeded(&es);
-            ctx.metrics
-                .reconciliations
-                .with_label_values(&["waiting"])
-                .inc();
-            Action::requeue(cfg.await_user)
-        }
-        Wait::Retry => {
-            ctx.metrics
-                .reconciliations
-                .with_label_values(&["retry"])
-                .inc();
-            Action::requeue(ctx.backoff(&es))
-        }
-    })
+    // A retry keeps the failure count (the backoff grows); every other outcome resets it.
+    let (result, delay) = match wait {
+        Wait::Resync => ("ok", cfg.resync),
+        Wait::Rollout => ("waiting", cfg.rollout_check),
+        Wait::User => ("waiting", cfg.await_user),
+        Wait::Retry => ("retry", ctx.backoff(&es)),
+    };
+    if wait != Wait::Retry {
+        ctx.succeeded(&es);
+    }
+    ctx.metrics
+        .reconciliations
+        .with_label_values(&[result])
+        .inc();
+    Ok(Action::requeue(delay))
 }
 
 async fn apply_children(
