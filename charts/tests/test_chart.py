@@ -13,7 +13,9 @@ What is checked:
 - every manifest rendered in those three modes validates against the Kubernetes 1.33 schemas
   (kubernetes-validate, strict: unknown fields are errors); the Prometheus Operator kinds, which
   kubernetes-validate does not ship, against the strict subset schemas in this file;
-- RBAC is exactly docs/rbac.md in both modes; the Deployment passes flags the real operator
+- RBAC is exactly docs/rbac.md in both modes (the CRD reader is the only cluster-wide grant in
+  single-namespace mode), and two releases of one name in different namespaces render no object
+  with the same name in the same place; the Deployment passes flags the real operator
   binary accepts, serves its probes, and carries the downward-API env, the restricted security
   context and every scheduling/env/pull-secret value; the PodMonitor selects the labels and port
   of the dataplane pods in operator/tests/golden; the ServiceMonitor selects the metrics Service;
@@ -155,11 +157,11 @@ SINGLE_NS = {
 MODES = {"default": {}, "all features on": ALL_ON, "single namespace": SINGLE_NS}
 
 
-def render(values: dict) -> tuple[list[dict], str]:
-    """Renders the chart like `helm install`; returns the objects and NOTES.txt."""
+def render(values: dict, namespace: str = RELEASE_NS) -> tuple[list[dict], str]:
+    """Renders the chart like `helm install` into `namespace`; returns the objects and NOTES.txt."""
     with helm.Chart.load(CHART) as chart:
         chart.validate_schema(values)
-        files = chart.render(values=values, name=RELEASE, namespace=RELEASE_NS, is_install=True)
+        files = chart.render(values=values, name=RELEASE, namespace=namespace, is_install=True)
     objs, notes = [], ""
     for path, text in sorted(files.items()):
         if path.endswith("NOTES.txt"):
@@ -389,24 +391,38 @@ for _mode in MODES:
 # RBAC
 
 
-def rbac_doc_rules() -> tuple[list, list]:
+def rbac_doc_rules() -> tuple[list, list, list]:
+    """The rules of docs/rbac.md: the operator's, the Lease Role's, the CRD ClusterRole's."""
     text = (ROOT / "docs" / "rbac.md").read_text()
     block = re.search(r"```yaml\n(.*?)```", text, re.S).group(1)
     docs = [d for d in yaml.safe_load_all(block) if d]
-    return docs[0]["rules"], docs[1]["rules"]
+    assert len(docs) == 3, f"docs/rbac.md has {len(docs)} RBAC objects, expected 3"
+    return docs[0]["rules"], docs[1]["rules"], docs[2]["rules"]
+
+
+def crd_reader(objs) -> dict:
+    """The cluster-scoped CRD ClusterRole, checked to be bound to the operator's ServiceAccount."""
+    _main, _lease, crds = rbac_doc_rules()
+    roles = [r for r in find(objs, "ClusterRole") if r["rules"] == crds]
+    assert len(roles) == 1, f"expected one ClusterRole with the CRD rules of docs/rbac.md, got {[r['metadata']['name'] for r in roles]}"
+    binding = [b for b in find(objs, "ClusterRoleBinding") if b["roleRef"]["name"] == roles[0]["metadata"]["name"]]
+    sa = one(objs, "ServiceAccount")
+    assert len(binding) == 1 and binding[0]["subjects"] == [{"kind": "ServiceAccount", "name": sa["metadata"]["name"], "namespace": sa["metadata"]["namespace"]}], binding
+    return roles[0]
 
 
 @check("RBAC, cluster-wide: ClusterRole + binding with exactly the rules of docs/rbac.md; Lease Role only with leader election")
 def _():
-    main, lease = rbac_doc_rules()
+    main, lease, _crds = rbac_doc_rules()
     for mode in ("default", "all features on"):
         objs, _ = RENDERED[mode]
-        cr = one(objs, "ClusterRole")
+        crd = crd_reader(objs)
+        cr = one([r for r in find(objs, "ClusterRole") if r is not crd], "ClusterRole")
         assert cr["rules"] == main, f"{mode}: ClusterRole rules differ from docs/rbac.md:\n{cr['rules']}\n!=\n{main}"
-        crb = one(objs, "ClusterRoleBinding")
-        assert crb["roleRef"] == {"apiGroup": "rbac.authorization.k8s.io", "kind": "ClusterRole", "name": cr["metadata"]["name"]}
+        crb = [b for b in find(objs, "ClusterRoleBinding") if b["roleRef"]["name"] == cr["metadata"]["name"]]
+        assert len(crb) == 1 and crb[0]["roleRef"] == {"apiGroup": "rbac.authorization.k8s.io", "kind": "ClusterRole", "name": cr["metadata"]["name"]}, crb
         sa = one(objs, "ServiceAccount")
-        assert crb["subjects"] == [{"kind": "ServiceAccount", "name": sa["metadata"]["name"], "namespace": RELEASE_NS}]
+        assert crb[0]["subjects"] == [{"kind": "ServiceAccount", "name": sa["metadata"]["name"], "namespace": RELEASE_NS}]
         assert not [r for r in find(objs, "Role") if r["rules"] == main], f"{mode}: a namespaced copy of the rules in cluster mode"
     objs, _ = RENDERED["default"]
     assert not find(objs, "Role"), "replicaCount 1 (leader election auto = off) still renders a Lease Role"
@@ -415,14 +431,16 @@ def _():
     assert role["metadata"]["namespace"] == RELEASE_NS and role["rules"] == lease, role
     rb = one(objs, "RoleBinding")
     assert rb["metadata"]["namespace"] == RELEASE_NS and rb["roleRef"]["name"] == role["metadata"]["name"]
-    return f"{len(main)} rules; Lease Role in {RELEASE_NS} with replicaCount 3"
+    return f"{len(main)} rules + CRD reader; Lease Role in {RELEASE_NS} with replicaCount 3"
 
 
-@check("RBAC, single namespace: Role + RoleBinding in the watched namespace, no cluster-wide grant")
+@check("RBAC, single namespace: Role + RoleBinding in the watched namespace; cluster-wide only the CRD reader")
 def _():
-    main, _lease = rbac_doc_rules()
+    main, _lease, _crds = rbac_doc_rules()
     objs, _ = RENDERED["single namespace"]
-    assert not find(objs, "ClusterRole") and not find(objs, "ClusterRoleBinding"), "cluster-wide RBAC in single-namespace mode"
+    crd = crd_reader(objs)
+    assert find(objs, "ClusterRole") == [crd], "cluster-wide grants beyond reading CRDs in single-namespace mode"
+    assert len(find(objs, "ClusterRoleBinding")) == 1
     roles = [r for r in find(objs, "Role") if r["metadata"]["namespace"] == WATCH_NS]
     assert len(roles) == 1 and roles[0]["rules"] == main, roles
     rbs = [r for r in find(objs, "RoleBinding") if r["metadata"]["namespace"] == WATCH_NS]
@@ -433,6 +451,34 @@ def _():
     pm = one(objs, "PodMonitor")
     assert pm["spec"]["namespaceSelector"] == {"matchNames": [WATCH_NS]}, pm["spec"]["namespaceSelector"]
     return f"Role in {WATCH_NS} bound to {RELEASE_NS}'s ServiceAccount; --namespace={WATCH_NS}; PodMonitor limited to {WATCH_NS}"
+
+
+@check("RBAC: two releases of one name in different namespaces share no object outside their own namespace")
+def _():
+    # `helm install es` in two namespaces: an object both would render with one name in one place
+    # (a cluster-scoped object, or a namespaced one outside the release namespace) makes the
+    # second install fail on the first one's ownership, or take it over.
+    cluster_scoped = {"ClusterRole", "ClusterRoleBinding", "CustomResourceDefinition", "Namespace"}
+
+    def placed_outside(values: dict, namespace: str) -> set[tuple]:
+        objs, _ = render(values, namespace=namespace)
+        placed = set()
+        for o in objs:
+            # A namespaced object without metadata.namespace goes where Helm installs: `namespace`.
+            where = None if o["kind"] in cluster_scoped else o["metadata"].get("namespace", namespace)
+            if where != namespace:
+                placed.add((o["kind"], where, o["metadata"]["name"]))
+        return placed
+
+    checked = []
+    for mode, values in (("cluster-wide", MODES["all features on"]), ("single namespace", MODES["single namespace"])):
+        a = placed_outside(values, "team-a")
+        b = placed_outside(values, "team-b")
+        assert a and b, f"{mode}: nothing rendered outside the release namespace?"
+        shared = a & b
+        assert not shared, f"{mode}: both releases render {sorted(shared, key=str)}"
+        checked.append(f"{mode}: {len(a)} objects each, e.g. {sorted(n for _k, _ns, n in a)[0]}")
+    return "; ".join(checked)
 
 
 # ------------------------------------------------------------------------------------------

@@ -40,6 +40,15 @@ app.kubernetes.io/part-of: eventstream
 {{- end }}
 {{- end }}
 
+{{/* Name of RBAC objects outside the release namespace (the cluster-wide ClusterRole and
+ClusterRoleBinding, the Role in the watched namespace): the full name alone is the same for two
+releases of one name in different namespaces, and the second install would fail on (or take
+over) the first one's objects. Not truncated: RBAC names are not limited to 63 characters, and
+cutting could make two names equal again. */}}
+{{- define "eventstream-operator.rbacName" -}}
+{{- printf "%s-%s" .Release.Namespace (include "eventstream-operator.fullname" .) }}
+{{- end }}
+
 {{- define "eventstream-operator.serviceAccountName" -}}
 {{- if .Values.serviceAccount.create }}
 {{- default (include "eventstream-operator.fullname" .) .Values.serviceAccount.name }}
