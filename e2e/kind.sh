@@ -1,8 +1,9 @@
 #!/usr/bin/env bash
-# The kind end-to-end suite of EventStream. Needs Docker (a running daemon), kind, kubectl, helm
-# and cargo; runs on any such machine and in CI (.github/workflows/e2e.yml). On the development
-# machines, where Docker cannot run, the no-cluster run (`cargo test -p eventstream-e2e`) covers
-# the data path instead.
+# The kind end-to-end suite of EventStream. Needs Docker (a running daemon), kind, kubectl, helm,
+# cargo and what cargo needs to build librdkafka on this host (a C and a C++ compiler, make,
+# pkg-config, the OpenSSL headers); runs on any such machine and in CI (.github/workflows/e2e.yml).
+# On the development machines, where Docker cannot run, the no-cluster run
+# (`cargo test -p eventstream-e2e`) covers the data path instead.
 #
 #   e2e/kind.sh            build the image, create a kind cluster, install Kafka (KRaft),
 #                          PostgreSQL and the chart, run the Rust kind suite, delete the cluster
@@ -10,7 +11,10 @@
 # Environment:
 #   KIND_CLUSTER        cluster name (default eventstream-e2e); it must not exist yet
 #   KIND_NODE_IMAGE     node image (default kindest/node:v1.33.1: Kubernetes 1.33, the oldest supported)
-#   E2E_IMAGE           image to build and load (default ghcr.io/eventstream-dev/eventstream:e2e)
+#   E2E_IMAGE           image to build and load (default ghcr.io/eventstream-dev/eventstream:e2e):
+#                       [registry[:port]/]path[:tag]. Without a tag, or with `latest`, it is used
+#                       as <repository>:e2e (Kubernetes would try to pull a `latest` image);
+#                       a digest is refused (kind loads images by name)
 #   E2E_SKIP_BUILD=1    use an E2E_IMAGE already in the local Docker instead of building it
 #   E2E_KEEP_CLUSTER=1  keep the cluster at the end (its kubeconfig path is printed)
 #   E2E_ARTIFACTS       where logs and events go on failure (default ./test-artifacts/e2e, git-ignored)
@@ -27,8 +31,6 @@ cd "$ROOT"
 CLUSTER="${KIND_CLUSTER:-eventstream-e2e}"
 NODE_IMAGE="${KIND_NODE_IMAGE:-kindest/node:v1.33.1}"
 IMAGE="${E2E_IMAGE:-ghcr.io/eventstream-dev/eventstream:e2e}"
-IMAGE_REPO="${IMAGE%:*}"
-IMAGE_TAG="${IMAGE##*:}"
 ARTIFACTS="${E2E_ARTIFACTS:-$ROOT/test-artifacts/e2e}"
 CHART="$ROOT/charts/eventstream-operator"
 OPERATOR_NAMESPACE=eventstream-system
@@ -56,6 +58,20 @@ run_limited() {
 
 need() { # need TOOL HINT
   command -v "$1" >/dev/null 2>&1 || die "$1 is not installed: $2"
+}
+
+# What rdkafka-sys needs to build librdkafka (features ssl, zstd) for the test binary on this
+# host: its configure script requires a C and a C++ compiler, make runs the build, and
+# openssl-sys finds OpenSSL through pkg-config. Checked here so a missing package is named at
+# once instead of after minutes of compiling, deep in a build script's output.
+check_native_build_deps() {
+  local hint="on Debian/Ubuntu: apt-get install gcc g++ make pkg-config libssl-dev"
+  need cc "a C compiler is needed to build librdkafka ($hint)"
+  need c++ "a C++ compiler is needed by librdkafka's configure ($hint)"
+  need make "make is needed to build librdkafka ($hint)"
+  need pkg-config "pkg-config is needed to find OpenSSL ($hint)"
+  pkg-config --exists openssl \
+    || die "the OpenSSL development files are missing (pkg-config cannot find openssl; $hint)"
 }
 
 collect_diagnostics() {
@@ -121,6 +137,7 @@ need kubectl "install kubectl (https://kubernetes.io/docs/tasks/tools/)"
 need helm "install Helm 3 (https://helm.sh/docs/intro/install/)"
 need cargo "install Rust (https://rustup.rs)"
 need timeout "install GNU coreutils"
+check_native_build_deps
 timeout 30 docker info >/dev/null 2>&1 \
   || die "docker is installed but its daemon does not answer (is it running, may this user use it?)"
 [ -f "$CHART/Chart.yaml" ] || die "the chart is missing: $CHART/Chart.yaml"
@@ -128,18 +145,44 @@ if kind get clusters 2>/dev/null | grep -qx "$CLUSTER"; then
   die "a kind cluster named $CLUSTER exists already; delete it (kind delete cluster --name $CLUSTER) or set KIND_CLUSTER"
 fi
 
-step "building the kind suite (cargo test --features kind --no-run)"
+step "building the kind suite (cargo test --features kind --no-run) and e2e-image-ref"
 run_limited 3600 "building the kind suite" \
   cargo test -p eventstream-e2e --features kind --locked --test kind --no-run
+run_limited 600 "building e2e-image-ref" \
+  cargo build -p eventstream-e2e --locked --bin e2e-image-ref
+
+# Split E2E_IMAGE as Docker reads it (eventstream_e2e::kind::ImageRef, unit-tested): a shell
+# split at the last `:` breaks an untagged image and a registry with a port.
+PARSED="$(cargo run --quiet -p eventstream-e2e --locked --bin e2e-image-ref -- "$IMAGE")" \
+  || die "E2E_IMAGE=$IMAGE cannot be used (see the error above)"
+IMAGE_REPO="" IMAGE_TAG="" LOAD_IMAGE="" RETAGGED=0
+while IFS='=' read -r key value; do
+  case "$key" in
+    repository) IMAGE_REPO="$value" ;;
+    tag) IMAGE_TAG="$value" ;;
+    reference) LOAD_IMAGE="$value" ;;
+    retagged) RETAGGED="$value" ;;
+  esac
+done <<<"$PARSED"
+if [ -z "$IMAGE_REPO" ] || [ -z "$IMAGE_TAG" ] || [ -z "$LOAD_IMAGE" ]; then
+  die "e2e-image-ref printed no repository, tag and reference for $IMAGE"
+fi
+if [ "$RETAGGED" = "1" ]; then
+  printf 'note: %s has no tag or the tag "latest", which Kubernetes always pulls; using %s\n' \
+    "$IMAGE" "$LOAD_IMAGE"
+fi
 
 if [ "${E2E_SKIP_BUILD:-0}" = "1" ]; then
   step "using the existing image $IMAGE"
   docker image inspect "$IMAGE" >/dev/null 2>&1 || die "E2E_SKIP_BUILD=1 but $IMAGE is not in the local Docker"
+  if [ "$LOAD_IMAGE" != "$IMAGE" ]; then
+    run_limited 60 "docker tag $IMAGE $LOAD_IMAGE" docker tag "$IMAGE" "$LOAD_IMAGE"
+  fi
 else
-  step "building the image $IMAGE"
+  step "building the image $LOAD_IMAGE"
   REVISION="$(git rev-parse HEAD 2>/dev/null || echo unknown)"
-  run_limited 5400 "docker build of $IMAGE" \
-    env DOCKER_BUILDKIT=1 docker build --tag "$IMAGE" \
+  run_limited 5400 "docker build of $LOAD_IMAGE" \
+    env DOCKER_BUILDKIT=1 docker build --tag "$LOAD_IMAGE" \
       --build-arg VERSION="$IMAGE_TAG" --build-arg REVISION="$REVISION" \
       --build-arg CREATED="$(date -u +%Y-%m-%dT%H:%M:%SZ)" "$ROOT"
 fi
@@ -149,8 +192,8 @@ CLUSTER_CREATED=1
 run_limited 600 "kind create cluster" \
   kind create cluster --name "$CLUSTER" --image "$NODE_IMAGE" --kubeconfig "$KUBECONFIG" --wait 180s
 
-step "loading $IMAGE into the cluster"
-run_limited 600 "kind load docker-image $IMAGE" kind load docker-image "$IMAGE" --name "$CLUSTER"
+step "loading $LOAD_IMAGE into the cluster"
+run_limited 600 "kind load docker-image $LOAD_IMAGE" kind load docker-image "$LOAD_IMAGE" --name "$CLUSTER"
 
 step "installing Kafka (KRaft, one node) and PostgreSQL"
 run_limited 120 "kubectl apply e2e/manifests" \

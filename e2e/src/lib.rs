@@ -9,13 +9,15 @@
 //!   and `sink` binaries run as processes ([`process`]) and driven over HTTP and WebSocket
 //!   ([`client`]);
 //! * the **kind suite** (`tests/kind.rs`, feature `kind`), run by `e2e/kind.sh` against a kind
-//!   cluster through the current kubeconfig.
+//!   cluster through the current kubeconfig; its pure parts (names unique per run, the Kafka
+//!   tools' command line, image references) are in [`kind`], tested without a cluster.
 //!
 //! Nothing here fakes a part of the product: what differs from a cluster is only who starts the
 //! processes and where the config file comes from (a temp file instead of a ConfigMap).
 
 pub mod binary;
 pub mod client;
+pub mod kind;
 pub mod process;
 pub mod stream;
 

@@ -4,12 +4,15 @@
 //! Run by `e2e/kind.sh`, which creates the cluster, loads the image, installs Kafka and
 //! PostgreSQL from `e2e/manifests/`, installs the chart and then runs
 //! `cargo test -p eventstream-e2e --features kind --test kind` with `KUBECONFIG` pointing at the
-//! cluster. Each test works in a namespace of its own (`e2e-<test>-<pid>`), so a failed run
-//! leaves everything in place for the logs the script collects.
+//! cluster. Each test works in a namespace of its own (`e2e-<test>-<run>`), so a failed run
+//! leaves everything in place for the logs the script collects; every name a test creates
+//! (namespace, table) carries the run's start time and pid ([`RunId`]), so a rerun against a
+//! kept cluster (`E2E_KEEP_CLUSTER=1`) never meets what an earlier run left behind.
 //!
 //! Kafka and PostgreSQL are reached the way an operator of the cluster would: `kubectl exec`
-//! into their pods for `kafka-topics.sh`, `kafka-configs.sh` and `psql`, `kubectl port-forward`
-//! to a bridge pod for ingest and WebSocket clients.
+//! into their pods for `kafka-topics.sh`, `kafka-configs.sh` (each with a small heap of its
+//! own: [`kafka_tool_args`]) and `psql`, `kubectl port-forward` to a bridge pod for ingest and
+//! WebSocket clients.
 #![cfg(feature = "kind")]
 
 use std::collections::BTreeSet;
@@ -21,6 +24,7 @@ use anyhow::{Context, Result, anyhow, bail, ensure};
 use eventstream_crds::EventStream;
 use eventstream_e2e::client::{Follower, Position, Producer};
 use eventstream_e2e::eventually;
+use eventstream_e2e::kind::{RunId, kafka_tool_args};
 use k8s_openapi::api::core::v1::{Namespace, Pod, Secret};
 use kube::api::{Api, DeleteParams, ListParams, Patch, PatchParams, PostParams};
 use kube::{Client, ResourceExt};
@@ -74,14 +78,16 @@ fn kubectl(args: &[&str]) -> Result<String> {
 }
 
 /// A Kafka CLI tool inside the Kafka pod, on its pod-local listener (no hairpin through the
-/// Service).
+/// Service), with a small heap of its own: it runs beside the broker under one memory limit.
 fn kafka_tool(tool: &str, args: &[&str]) -> Result<String> {
-    let ns = kafka_namespace();
-    let path = format!("/opt/kafka/bin/{tool}");
-    let mut all = vec!["exec", "-n", &ns, "deploy/kafka", "--", &path];
-    all.extend_from_slice(&["--bootstrap-server", "localhost:9094"]);
-    all.extend_from_slice(args);
+    let all = kafka_tool_args(&kafka_namespace(), tool, args);
+    let all: Vec<&str> = all.iter().map(String::as_str).collect();
     kubectl(&all)
+}
+
+/// A table of `test` in the shared PostgreSQL, unique to this run.
+fn table(test: &str) -> Result<String> {
+    Ok(RunId::current().table(test)?)
 }
 
 /// Partitions of `topic` as the broker reports them; `None` when it does not exist.
@@ -210,7 +216,7 @@ impl Scenario {
         let client = Client::try_default()
             .await
             .context("connecting with the current kubeconfig")?;
-        let namespace = format!("e2e-{test}-{}", std::process::id());
+        let namespace = RunId::current().namespace(test)?;
         let namespaces: Api<Namespace> = Api::all(client.clone());
         let ns: Namespace = serde_json::from_value(json!({
             "apiVersion": "v1", "kind": "Namespace",
@@ -375,13 +381,13 @@ fn positions_of(f: &Follower) -> Result<BTreeSet<Position>> {
 #[tokio::test]
 async fn stream_becomes_ready_and_carries_events_to_clients_and_postgres() -> Result<()> {
     let s = Scenario::new("ready").await?;
-    let table = "e2e_ready_events";
+    let table = table("ready")?;
     s.create(
         "ready",
         json!({
             "topic": {"partitions": 3},
             "persistence": {
-                "postgres": {"urlSecretRef": {"name": "e2e-db", "key": "url"}, "table": table},
+                "postgres": {"urlSecretRef": {"name": "e2e-db", "key": "url"}, "table": &table},
                 "timescale": "off",
                 "batch": {"maxRows": 100, "maxDelay": "500ms"}
             }
@@ -423,6 +429,9 @@ async fn stream_becomes_ready_and_carries_events_to_clients_and_postgres() -> Re
         Ok((psql(&sql)?.trim() == "30|30").then_some(()))
     })
     .await?;
+    // The stream's namespace goes; the table in the shared database would stay.
+    s.delete("ready").await?;
+    psql(&format!("DROP TABLE {table}"))?;
     s.finish().await
 }
 
@@ -433,7 +442,7 @@ async fn stream_becomes_ready_and_carries_events_to_clients_and_postgres() -> Re
 #[tokio::test]
 async fn sink_offset_reset_to_earliest_stores_the_topic_again() -> Result<()> {
     let s = Scenario::new("reset").await?;
-    let table = format!("e2e_reset_{}", std::process::id());
+    let table = table("reset")?;
     psql(&format!(
         r#"CREATE TABLE {table} ("partition" integer NOT NULL, "offset" bigint NOT NULL, key text,
            ts timestamptz NOT NULL, payload jsonb, headers jsonb,
@@ -443,7 +452,7 @@ async fn sink_offset_reset_to_earliest_stores_the_topic_again() -> Result<()> {
         "reset",
         json!({
             "persistence": {
-                "postgres": {"urlSecretRef": {"name": "e2e-db", "key": "url"}, "table": table},
+                "postgres": {"urlSecretRef": {"name": "e2e-db", "key": "url"}, "table": &table},
                 "timescale": "off",
                 "batch": {"maxRows": 100, "maxDelay": "500ms"}
             }
