@@ -3,9 +3,10 @@
 //! tested without I/O ([`children`], [`conditions`], [`kafka_admin::plan_topic`]); the adapters
 //! that talk to the Kubernetes API and to Kafka are thin ([`controller`], [`kafka_admin`]).
 //!
-//! The pipeline of one reconcile (see [`controller`]):
-//! dereference (Secrets) → validate and build (pure) → topic (Kafka admin) → apply children
-//! (server-side apply, ConfigMap first) → consumer group → status (server-side apply).
+//! The pipeline of one reconcile (see [`controller`], one module per step): validate and build
+//! the desired children as a set (pure) → topic (Kafka admin) → Secrets → apply the set
+//! (server-side apply, ConfigMap first) and delete owned children no longer wanted → consumer
+//! group → status (a pure function, written by server-side apply).
 #![forbid(unsafe_code)]
 
 pub mod children;

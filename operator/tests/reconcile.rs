@@ -11,7 +11,7 @@ use std::time::Duration;
 
 use eventstream_crds::EventStream;
 use eventstream_crds::v1alpha1::EventStreamStatus;
-use eventstream_operator::controller::{error_policy, reconcile};
+use eventstream_operator::controller::{ChildIndex, error_policy, reconcile};
 use eventstream_operator::kafka_admin::{KafkaAdmin, KafkaConnection, RdKafkaAdmin};
 use kube::runtime::controller::Action;
 use serde_json::{Value, json};
@@ -61,8 +61,19 @@ async fn run(
     kafka: Arc<dyn KafkaAdmin>,
     secrets: Secrets,
 ) -> (Result<Action, String>, Vec<Seen>) {
+    run_with(es, kafka, secrets, operator_config(), ChildIndex::default()).await
+}
+
+/// [`run`] with `config` and the children the operator's watches have cached.
+async fn run_with(
+    es: EventStream,
+    kafka: Arc<dyn KafkaAdmin>,
+    secrets: Secrets,
+    config: eventstream_operator::OperatorConfig,
+    children: ChildIndex,
+) -> (Result<Action, String>, Vec<Seen>) {
     let (client, server) = api_server(secrets, Some(es.clone()));
-    let ctx = context(client, kafka, std::slice::from_ref(&es));
+    let ctx = context_with(client, kafka, std::slice::from_ref(&es), config, children);
     let result = reconcile(Arc::new(es), ctx.clone())
         .await
         .map_err(|e| e.to_string());
@@ -233,7 +244,15 @@ async fn update_corrects_topic_drift_removes_the_pdb_and_patches_status() {
     es.metadata.generation = Some(2);
     es.spec.bridge.replicas = 1;
     es.status = Some(first.clone());
-    let (result, seen) = run(es, kafka.clone(), db_secret()).await;
+    // The watches have seen what the first pass applied, the bridge's PDB among it.
+    let (result, seen) = run_with(
+        es,
+        kafka.clone(),
+        db_secret(),
+        operator_config(),
+        child_index(&seen, &[]),
+    )
+    .await;
     assert_eq!(result, Ok(Action::requeue(Duration::from_secs(300))));
     let lines: Vec<String> = seen.iter().map(Seen::line).collect();
     assert_eq!(
@@ -244,8 +263,9 @@ async fn update_corrects_topic_drift_removes_the_pdb_and_patches_status() {
             format!("PATCH /api/v1{NS}/configmaps/telemetry-config{SSA}"),
             format!("PATCH /api/v1{NS}/services/telemetry-bridge{SSA}"),
             format!("PATCH /apis/apps/v1{NS}/deployments/telemetry-bridge{SSA}"),
-            format!("DELETE /apis/policy/v1{NS}/poddisruptionbudgets/telemetry-bridge?"),
             format!("PATCH /apis/apps/v1{NS}/deployments/telemetry-sink{SSA}"),
+            // The set is applied first, then owned objects no longer wanted are deleted.
+            format!("DELETE /apis/policy/v1{NS}/poddisruptionbudgets/telemetry-bridge?"),
             events(), // Updated
             format!("PATCH {}{SSA}", es_path("/status")),
         ]
@@ -268,6 +288,72 @@ async fn update_corrects_topic_drift_removes_the_pdb_and_patches_status() {
         "no transition, same time"
     );
     assert_eq!(condition(&status, "TopicReady").reason, "TopicInSync");
+}
+
+/// Children are a set: dropping `persistence` deletes every owned object of the sink (its
+/// Deployment and its PodMonitor, which used to be orphaned), and nothing the stream does not
+/// own, even with its labels and name.
+#[tokio::test]
+async fn dropping_persistence_deletes_the_sink_and_its_pod_monitor_but_nothing_foreign() {
+    let kafka = Arc::new(FakeKafka::default());
+    let monitors = eventstream_operator::OperatorConfig {
+        service_monitor: true,
+        pod_monitor: true,
+        ..operator_config()
+    };
+    let (_, first) = run_with(
+        finalized(telemetry()),
+        kafka.clone(),
+        db_secret(),
+        monitors.clone(),
+        ChildIndex::default(),
+    )
+    .await;
+    assert!(
+        first
+            .iter()
+            .any(|s| s.line().contains("podmonitors/telemetry-sink")),
+        "the first pass applies the sink's PodMonitor"
+    );
+    // A look-alike the stream does not own (another owner UID), with the stream's labels.
+    let foreign = json!({
+        "apiVersion": "v1", "kind": "ConfigMap",
+        "metadata": {"name": "telemetry-extra", "namespace": "racing",
+            "labels": {"eventstream.dev/stream": "telemetry",
+                       "app.kubernetes.io/managed-by": "eventstream-operator"},
+            "ownerReferences": [{"apiVersion": "eventstream.dev/v1alpha1", "kind": "EventStream",
+                "name": "telemetry", "uid": "99999999-0000-4000-8000-000000000009",
+                "controller": true}]}
+    });
+    let mut es = finalized(telemetry());
+    es.metadata.generation = Some(2);
+    es.spec.persistence = None;
+    let (result, seen) = run_with(
+        es,
+        kafka.clone(),
+        db_secret(),
+        monitors,
+        child_index(&first, &[foreign]),
+    )
+    .await;
+    assert_eq!(result, Ok(Action::requeue(Duration::from_secs(300))));
+    let deletes: Vec<String> = seen
+        .iter()
+        .filter(|s| s.method == "DELETE")
+        .map(Seen::line)
+        .collect();
+    assert_eq!(
+        deletes,
+        vec![
+            format!("DELETE /apis/apps/v1{NS}/deployments/telemetry-sink?"),
+            format!("DELETE /apis/monitoring.coreos.com/v1{NS}/podmonitors/telemetry-sink?"),
+        ]
+    );
+    assert!(
+        seen.iter()
+            .any(|s| s.line().contains("servicemonitors/telemetry-bridge")),
+        "the bridge's ServiceMonitor stays applied"
+    );
 }
 
 #[tokio::test]
