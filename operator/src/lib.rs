@@ -28,6 +28,9 @@ pub const FIELD_MANAGER: &str = "eventstream-operator";
 pub const FINALIZER: &str = "eventstream.dev/cleanup";
 /// Annotation asking for a one-shot reset of the sink's consumer group: `earliest` or `latest`.
 pub const RESET_OFFSETS_ANNOTATION: &str = "eventstream.dev/reset-sink-offsets";
+/// Annotation (`"true"`) letting a stream's deletion finish without touching Kafka: the way
+/// out when Kafka is gone for good and the finalizer would otherwise wait forever.
+pub const SKIP_KAFKA_CLEANUP_ANNOTATION: &str = "eventstream.dev/skip-kafka-cleanup";
 /// Pod-template annotation carrying the hash of the dataplane config, so a change rolls the pods.
 pub const CONFIG_HASH_ANNOTATION: &str = "eventstream.dev/config-hash";
 /// Label naming the EventStream a child object belongs to.

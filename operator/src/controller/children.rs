@@ -9,7 +9,7 @@ use k8s_openapi::api::apps::v1::Deployment;
 use k8s_openapi::api::core::v1::Pod;
 use kube::api::{Api, DeleteParams, DynamicObject, ListParams, Patch};
 
-use super::context::Context;
+use super::context::{ChildMeta, Context, owned_by};
 use super::{Error, ssa};
 use crate::children::{self, ChildKind, ChildObject, Component, DesiredChild};
 use crate::conditions::{self, Check};
@@ -23,6 +23,9 @@ pub struct Applied {
     pub sink: Option<Deployment>,
     /// `kind/name` of every object deleted because it is no longer wanted.
     pub deleted: Vec<String>,
+    /// An existing object with a child's name that this stream does not own: nothing was
+    /// applied or deleted.
+    pub conflict: Option<Check>,
 }
 
 /// Applies what `desired` wants, then deletes owned objects it does not want.
@@ -33,6 +36,18 @@ pub async fn apply_children(
     desired: &[DesiredChild],
 ) -> Result<Applied, Error> {
     let mut applied = Applied::default();
+    // A forced apply would take over an object of the same name (a user's ConfigMap) and make
+    // the stream its controller, so garbage collection would delete it with the stream. Every
+    // name is checked before anything is touched.
+    if let Some(foreign) = first_foreign(es, ctx, ns, desired).await? {
+        applied.conflict = Some(Check::fail(
+            "NameConflict",
+            format!(
+                "{foreign} exists and is not owned by this EventStream: the operator does not take it over; delete or rename it, or rename the EventStream"
+            ),
+        ));
+        return Ok(applied);
+    }
     let sink_name = children::workload_name(es, Component::Sink);
     for child in desired {
         let Some(object) = &child.object else {
@@ -55,6 +70,31 @@ pub async fn apply_children(
     }
     applied.deleted = sweep(es, ctx, ns, desired).await?;
     Ok(applied)
+}
+
+/// The first wanted child whose name is taken by an object `es` does not own, as
+/// `Kind namespace/name`. Objects the watches know to be owned need no request; the others
+/// (first creation, a cache still filling) are read by name.
+async fn first_foreign(
+    es: &EventStream,
+    ctx: &Context,
+    ns: &str,
+    desired: &[DesiredChild],
+) -> Result<Option<String>, Error> {
+    for child in desired.iter().filter(|c| c.object.is_some()) {
+        let cached = ctx.children.get(child.kind, es, &child.name);
+        if cached.is_some_and(|m| owned_by(&m.metadata, es)) {
+            continue;
+        }
+        let ar = child.kind.api_resource();
+        let api: Api<ChildMeta> = Api::namespaced_with(ctx.client.clone(), ns, &ar);
+        if let Some(existing) = api.get_opt(&child.name).await?
+            && !owned_by(&existing.metadata, es)
+        {
+            return Ok(Some(format!("{} {ns}/{}", ar.kind, child.name)));
+        }
+    }
+    Ok(None)
 }
 
 /// Owned objects of a served kind that no wanted slot names, as `(kind, name)`: pure.

@@ -6,15 +6,16 @@ use std::sync::Arc;
 
 use eventstream_crds::EventStream;
 use eventstream_crds::v1alpha1::DeletionPolicy;
+use kube::ResourceExt;
 use kube::runtime::controller::Action;
 use kube::runtime::events::EventType;
 
 use super::Error;
 use super::context::{Context, key};
 use super::topic::{bootstrap, claimed_by_other};
-use crate::FINALIZER;
 use crate::kafka_admin::KafkaAdminError;
 use crate::secrets::{self, SecretError};
+use crate::{FINALIZER, SKIP_KAFKA_CLEANUP_ANNOTATION};
 
 /// The cleanup half of the finalizer: topic (only with `deletionPolicy: Delete`, a managed topic
 /// and this stream owning it), then the sink's consumer group. Kafka unreachable → error, the
@@ -35,6 +36,31 @@ pub async fn cleanup(es: Arc<EventStream>, ctx: Arc<Context>) -> Result<Action, 
                     || (other.spec.persistence.is_some()
                         && other.dead_letter_topic() == dead_letters))
         });
+    // The explicit way out of a deletion blocked by an unreachable Kafka: the user says so.
+    if es
+        .annotations()
+        .get(SKIP_KAFKA_CLEANUP_ANNOTATION)
+        .is_some_and(|v| v == "true")
+    {
+        let mut left = vec![format!("topic {topic}")];
+        if es.spec.persistence.is_some() {
+            left.push(format!("consumer group {}", es.sink_group()));
+        }
+        ctx.publish(
+            &es,
+            EventType::Warning,
+            "KafkaCleanupSkipped",
+            "Cleanup",
+            format!(
+                "{SKIP_KAFKA_CLEANUP_ANNOTATION}: Kafka was not touched; left in Kafka: {}",
+                left.join(", ")
+            ),
+        )
+        .await;
+        ctx.metrics.forget(&key(&es));
+        ctx.succeeded(&es);
+        return Ok(Action::await_change());
+    }
     let needs_kafka = delete_topic || es.spec.persistence.is_some();
     let mut notes = Vec::new();
     if needs_kafka {

@@ -158,7 +158,7 @@ impl Context {
         let ev = Event {
             type_,
             reason: reason.into(),
-            note: Some(note),
+            note: Some(event_note(&note)),
             action: action.into(),
             secondary: None,
         };
@@ -166,6 +166,14 @@ impl Context {
             tracing::warn!(error = %e, reason, "could not publish an Event");
         }
     }
+}
+
+/// Longest Event note events.k8s.io accepts: an Event with a longer one is rejected whole.
+pub const MAX_EVENT_NOTE: usize = 1024;
+
+/// `note` within [`MAX_EVENT_NOTE`] bytes (broker errors can be long), `…` marking a cut.
+pub fn event_note(note: &str) -> String {
+    crate::conditions::truncate(note, MAX_EVENT_NOTE - '…'.len_utf8())
 }
 
 /// `namespace/name`, for logs and metric keys.

@@ -172,7 +172,8 @@ pub async fn apply(es: Arc<EventStream>, ctx: Arc<Context>) -> Result<Action, Er
     let applied = children::apply_children(&es, &ctx, &ns, &desired).await?;
 
     let group = match (persistence, kafka) {
-        (true, Some(conn)) => {
+        // Under a name conflict the sink's state is unknown: no reset against it.
+        (true, Some(conn)) if applied.conflict.is_none() => {
             sink_group::sink_group_step(
                 &es,
                 &ctx,
@@ -202,15 +203,31 @@ pub async fn apply(es: Arc<EventStream>, ctx: Arc<Context>) -> Result<Action, Er
     };
     wait = wait.max(group.wait);
 
-    let bridge_check = match secrets.bridge {
+    if let Some(c) = &applied.conflict {
+        ctx.publish(
+            &es,
+            EventType::Warning,
+            &c.reason,
+            "ApplyChildren",
+            c.message.clone(),
+        )
+        .await;
+        wait = wait.max(Wait::User);
+    }
+    let bridge_check = match applied.conflict.clone().or(secrets.bridge) {
         Some(c) => c,
         None => {
             children::workload_check(&es, &ctx, &ns, Component::Bridge, applied.bridge.as_ref())
                 .await?
         }
     };
-    // The sink's first problem: its Secrets, then its dead-letter topic, then its group.
-    let sink_problem = secrets.sink.or(dead_letter).or(group.check);
+    // The sink's first problem: a name conflict, its Secrets, then its dead-letter topic, then its group.
+    let sink_problem = applied
+        .conflict
+        .clone()
+        .or(secrets.sink)
+        .or(dead_letter)
+        .or(group.check);
     let sink_check = if !persistence {
         status::sink_not_configured()
     } else if let Some(c) = sink_problem {

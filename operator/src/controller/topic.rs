@@ -12,7 +12,7 @@ use kube::runtime::reflector::Store;
 use super::context::{Context, key};
 use super::{Error, Wait};
 use crate::OperatorConfig;
-use crate::conditions::Check;
+use crate::conditions::{Check, TOPIC_READY};
 use crate::kafka_admin::{
     DesiredTopic, KafkaConnection, TopicError, TopicReport, create_if_missing, ensure_topic,
 };
@@ -266,5 +266,36 @@ async fn topic_events(
         )
         .await;
     }
+    if let Some(want) = desired.replication_factor
+        && i32::from(want) != report.topic.replication_factor
+    {
+        // Kafka changes a replication factor only by reassigning partitions; the operator does
+        // not, so it must never call this topic in sync.
+        let msg = format!(
+            "topic {name} has replication factor {} but spec.topic.replicationFactor is {want}: \
+             Kafka changes it only by a partition reassignment (kafka-reassign-partitions.sh); \
+             reassign the partitions, or set the field back to {}",
+            report.topic.replication_factor, report.topic.replication_factor
+        );
+        let reported = es
+            .status
+            .as_ref()
+            .and_then(|s| s.conditions.iter().find(|c| c.type_ == TOPIC_READY))
+            .is_some_and(|c| c.reason == REPLICATION_CHANGE && c.message == msg);
+        if !reported {
+            ctx.publish(
+                es,
+                EventType::Warning,
+                REPLICATION_CHANGE,
+                "UpdateTopic",
+                msg.clone(),
+            )
+            .await;
+        }
+        return Check::ok(REPLICATION_CHANGE, msg);
+    }
     Check::ok("TopicInSync", format!("topic {name} matches the spec"))
 }
+
+/// `TopicReady` reason (and Event) of a replication factor the broker's topic does not have.
+pub const REPLICATION_CHANGE: &str = "ReplicationChangeNeedsReassignment";

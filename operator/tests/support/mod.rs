@@ -100,6 +100,18 @@ pub fn api_server_with_failing(
     stream: Option<EventStream>,
     failing: Option<Failing>,
 ) -> (Client, ApiServer) {
+    api_server_full(secrets, stream, failing, BTreeMap::new())
+}
+
+/// [`api_server_with_failing`] where GETs of the paths in `existing` (e.g.
+/// `/api/v1/namespaces/racing/configmaps/telemetry-config`) return those objects; every other
+/// object GET but the EventStream's is 404.
+pub fn api_server_full(
+    secrets: Secrets,
+    stream: Option<EventStream>,
+    failing: Option<Failing>,
+    existing: BTreeMap<String, Value>,
+) -> (Client, ApiServer) {
     let (svc, mut handle) = tower_test::mock::pair::<Request<Body>, Response<Body>>();
     let client = Client::new(svc, "default");
     let log = Arc::new(Mutex::new(Vec::new()));
@@ -142,8 +154,12 @@ pub fn api_server_with_failing(
                     &json!({"apiVersion": "v1", "kind": "PodList", "metadata": {},
                             "items": failing.as_ref().map(|f| f.pods.clone()).unwrap_or_default()}),
                 ),
-                "GET" => match &stream {
+                "GET" if path.contains("/eventstreams/") => match &stream {
                     Some(es) => respond(StatusCode::OK, &serde_json::to_value(es).expect("json")),
+                    None => not_found("object"),
+                },
+                "GET" => match existing.get(&path) {
+                    Some(obj) => respond(StatusCode::OK, obj),
                     None => not_found("object"),
                 },
                 "POST" => respond(StatusCode::CREATED, &body),
@@ -192,6 +208,8 @@ pub struct FakeKafka {
     pub lag: Mutex<Option<i64>>,
     /// Calls (as recorded in `calls`) the broker refuses, e.g. `create racing.telemetry.dlq`.
     pub refuse: Mutex<Vec<String>>,
+    /// The broker's message in those refusals (default: an authorisation failure).
+    pub refusal: Mutex<Option<String>>,
 }
 
 impl FakeKafka {
@@ -201,7 +219,11 @@ impl FakeKafka {
             return Err(KafkaAdminError::Refused {
                 operation: call,
                 code: None,
-                message: "Broker: Topic authorization failed".into(),
+                message: self
+                    .refusal
+                    .lock()
+                    .clone()
+                    .unwrap_or_else(|| "Broker: Topic authorization failed".into()),
             });
         }
         if *self.unreachable.lock() {
