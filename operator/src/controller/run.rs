@@ -8,16 +8,19 @@ use std::sync::atomic::{AtomicBool, Ordering};
 
 use eventstream_crds::EventStream;
 use futures::{Stream, StreamExt};
+use k8s_openapi::api::core::v1::Secret;
+use kube::ResourceExt;
 use kube::api::{Api, ListParams};
+use kube::core::PartialObjectMeta;
 use kube::runtime::controller::Controller;
-use kube::runtime::reflector::{self, store::Writer};
+use kube::runtime::reflector::{self, ObjectRef, store::Writer};
 use kube::runtime::watcher::{self, watcher};
 use kube::runtime::{Predicate, WatchStreamExt, predicates};
 use kube::{Client, Resource};
 
 use super::context::{ChildIndex, ChildMeta, Context};
 use super::{error_policy, reconcile};
-use crate::children::ChildKind;
+use crate::children::{self, ChildKind};
 use crate::metrics::Metrics;
 use crate::{FIELD_MANAGER, OperatorConfig};
 
@@ -81,6 +84,23 @@ fn owned_watch(
         .default_backoff()
         .reflect(writer)
         .touched_objects()
+}
+
+/// The streams that reference Secret `namespace/name` (through [`children::secret_uses`], the
+/// list the pods and the Secret check use): what a Secret's creation, change or deletion
+/// re-reconciles, so a Secret created after its stream is noticed at once, not at the next
+/// resync.
+pub fn streams_referencing(
+    streams: &[Arc<EventStream>],
+    namespace: Option<&str>,
+    name: &str,
+) -> Vec<ObjectRef<EventStream>> {
+    streams
+        .iter()
+        .filter(|es| es.namespace().as_deref() == namespace)
+        .filter(|es| children::referenced_secrets(es).contains(name))
+        .map(|es| ObjectRef::from_obj(es.as_ref()))
+        .collect()
 }
 
 /// Runs the operator until a signal (or the loss of leadership).
@@ -153,6 +173,17 @@ pub async fn run(mut config: OperatorConfig, opts: RunOptions) -> anyhow::Result
         controller = controller
             .owns_stream_with(owned_watch(&client, &ns, kind, writer), kind.api_resource());
     }
+    // Secrets: metadata only, mapped back to the streams that reference them by name.
+    let secrets: Api<PartialObjectMeta<Secret>> = scoped(&client, &ns);
+    let store = reader.clone();
+    controller = controller.watches_stream(
+        watcher(secrets, watcher::Config::default().any_semantic())
+            .default_backoff()
+            .touched_objects(),
+        move |s: PartialObjectMeta<Secret>| {
+            streams_referencing(&store.state(), s.namespace().as_deref(), &s.name_any())
+        },
+    );
     let kafka = Arc::new(crate::kafka_admin::RdKafkaAdmin::new(config.kafka_timeout));
     let ctx =
         Arc::new(Context::new(client, config, kafka, metrics, reader).with_children(children));
@@ -166,4 +197,46 @@ pub async fn run(mut config: OperatorConfig, opts: RunOptions) -> anyhow::Result
         })
         .await;
     Ok(())
+}
+
+#[cfg(test)]
+#[allow(clippy::unwrap_used)]
+mod tests {
+    use super::*;
+
+    fn stream(ns: &str, name: &str, spec: &str) -> Arc<EventStream> {
+        let mut es = EventStream::new(name, serde_yaml::from_str(spec).unwrap());
+        es.metadata.namespace = Some(ns.into());
+        Arc::new(es)
+    }
+
+    #[test]
+    fn a_secret_maps_to_the_streams_of_its_namespace_that_reference_it() {
+        let db = "persistence: { postgres: { urlSecretRef: { name: db, key: url }, table: t } }";
+        let streams = vec![
+            stream("racing", "telemetry", db),
+            stream(
+                "racing",
+                "laps",
+                "auth: { algorithm: HS256, jwtSecretRef: { name: jwt, key: k } }",
+            ),
+            stream("other", "telemetry", db),
+            stream(
+                "racing",
+                "secure",
+                "kafka: { securityProtocol: SASL_SSL, secretRef: { name: kafka } }",
+            ),
+        ];
+        let names = |ns, secret| {
+            streams_referencing(&streams, Some(ns), secret)
+                .into_iter()
+                .map(|r| r.name)
+                .collect::<Vec<_>>()
+        };
+        assert_eq!(names("racing", "db"), vec!["telemetry"]);
+        assert_eq!(names("racing", "jwt"), vec!["laps"]);
+        assert_eq!(names("racing", "kafka"), vec!["secure"]);
+        assert_eq!(names("other", "jwt"), Vec::<String>::new());
+        assert_eq!(names("racing", "unrelated"), Vec::<String>::new());
+    }
 }
