@@ -119,6 +119,149 @@ pub struct Children {
     pub pod_monitor: Option<DynamicObject>,
 }
 
+/// The kinds of object a stream owns. Applying, sweeping and watching all iterate this one
+/// list, so a new kind of child is added here and nowhere else in the controller.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub enum ChildKind {
+    /// The dataplane config.
+    ConfigMap,
+    /// The bridge's Service.
+    Service,
+    /// Bridge and sink.
+    Deployment,
+    /// PDBs of bridge and sink.
+    PodDisruptionBudget,
+    /// `monitoring.coreos.com/v1` ServiceMonitor (when the Prometheus Operator is installed).
+    ServiceMonitor,
+    /// `monitoring.coreos.com/v1` PodMonitor (when the Prometheus Operator is installed).
+    PodMonitor,
+}
+
+impl ChildKind {
+    /// Every kind, in apply order (ConfigMap first: pods never start without their config).
+    pub const ALL: [ChildKind; 6] = [
+        ChildKind::ConfigMap,
+        ChildKind::Service,
+        ChildKind::Deployment,
+        ChildKind::PodDisruptionBudget,
+        ChildKind::ServiceMonitor,
+        ChildKind::PodMonitor,
+    ];
+
+    /// Group, version, kind and plural, for dynamic API access.
+    pub fn api_resource(self) -> ApiResource {
+        match self {
+            ChildKind::ConfigMap => api_resource::<ConfigMap>(),
+            ChildKind::Service => api_resource::<Service>(),
+            ChildKind::Deployment => api_resource::<Deployment>(),
+            ChildKind::PodDisruptionBudget => api_resource::<PodDisruptionBudget>(),
+            ChildKind::ServiceMonitor => service_monitor_resource(),
+            ChildKind::PodMonitor => pod_monitor_resource(),
+        }
+    }
+
+    /// Whether the cluster serves this kind (the monitor kinds only with the Prometheus
+    /// Operator's CRDs, as discovered).
+    pub fn served(self, cfg: &crate::OperatorConfig) -> bool {
+        match self {
+            ChildKind::ServiceMonitor => cfg.service_monitor,
+            ChildKind::PodMonitor => cfg.pod_monitor,
+            _ => true,
+        }
+    }
+}
+
+/// One built child object, serialized as itself (the body of its server-side apply).
+// A handful exist per reconcile; boxing would only add noise.
+#[allow(clippy::large_enum_variant)]
+#[derive(Debug, Clone, PartialEq, serde::Serialize)]
+#[serde(untagged)]
+pub enum ChildObject {
+    /// A ConfigMap.
+    ConfigMap(ConfigMap),
+    /// A Service.
+    Service(Service),
+    /// A Deployment.
+    Deployment(Deployment),
+    /// A PodDisruptionBudget.
+    PodDisruptionBudget(PodDisruptionBudget),
+    /// A monitor (no typed struct: the CRD is not ours).
+    Monitor(DynamicObject),
+}
+
+/// One slot of the desired set: a child of `kind` named `name`, wanted when `object` is `Some`.
+/// A `None` slot says the child must not exist (a PDB at one replica, the sink without
+/// persistence); the sweep removes any owned object of a served kind that no `Some` slot names.
+#[derive(Debug, Clone, PartialEq)]
+pub struct DesiredChild {
+    /// Its kind.
+    pub kind: ChildKind,
+    /// Its name.
+    pub name: String,
+    /// The object, when wanted.
+    pub object: Option<ChildObject>,
+}
+
+impl Children {
+    /// The desired set, in apply order, restricted to the kinds the cluster serves.
+    pub fn desired(&self, es: &EventStream, cfg: &crate::OperatorConfig) -> Vec<DesiredChild> {
+        let bridge = workload_name(es, Component::Bridge);
+        let sink = workload_name(es, Component::Sink);
+        let slot = |kind, name: &String, object: Option<ChildObject>| DesiredChild {
+            kind,
+            name: name.clone(),
+            object,
+        };
+        [
+            slot(
+                ChildKind::ConfigMap,
+                &config_map_name(es),
+                Some(ChildObject::ConfigMap(self.config_map.clone())),
+            ),
+            slot(
+                ChildKind::Service,
+                &bridge,
+                Some(ChildObject::Service(self.bridge_service.clone())),
+            ),
+            slot(
+                ChildKind::Deployment,
+                &bridge,
+                Some(ChildObject::Deployment(self.bridge.clone())),
+            ),
+            slot(
+                ChildKind::PodDisruptionBudget,
+                &bridge,
+                self.bridge_pdb
+                    .clone()
+                    .map(ChildObject::PodDisruptionBudget),
+            ),
+            slot(
+                ChildKind::Deployment,
+                &sink,
+                self.sink.clone().map(ChildObject::Deployment),
+            ),
+            slot(
+                ChildKind::PodDisruptionBudget,
+                &sink,
+                self.sink_pdb.clone().map(ChildObject::PodDisruptionBudget),
+            ),
+            slot(
+                ChildKind::ServiceMonitor,
+                &bridge,
+                self.service_monitor.clone().map(ChildObject::Monitor),
+            ),
+            slot(
+                ChildKind::PodMonitor,
+                &sink,
+                self.pod_monitor.clone().map(ChildObject::Monitor),
+            ),
+        ]
+        .into_iter()
+        .filter(|c| c.kind.served(cfg))
+        .collect()
+    }
+}
+
 /// Builds every child of `es`. `sink_paused` scales the sink to zero (offset reset in progress).
 pub fn build(
     es: &EventStream,
@@ -283,47 +426,198 @@ fn uses_tls(es: &EventStream) -> bool {
     )
 }
 
-/// Secrets reach pods only as environment variables (and the CA as a file), never through the
-/// ConfigMap.
-fn env(es: &EventStream, component: Component) -> Vec<EnvVar> {
-    let mut env = Vec::new();
-    if let (true, Some(secret)) = (uses_sasl(es), &es.spec.kafka.secret_ref) {
-        env.push(secret_env(ENV_KAFKA_USERNAME, &secret.name, "username"));
-        env.push(secret_env(ENV_KAFKA_PASSWORD, &secret.name, "password"));
-    }
-    match component {
-        Component::Bridge => {
-            if let Some(auth) = &es.spec.auth {
-                env.push(secret_env(
-                    ENV_JWT_KEY,
-                    &auth.jwt_secret_ref.name,
-                    &auth.jwt_secret_ref.key,
-                ));
-            }
+/// How a referenced Secret reaches the pods.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Delivery {
+    /// One key as an environment variable.
+    Env {
+        /// Variable name.
+        var: &'static str,
+        /// Key in the Secret.
+        key: String,
+    },
+    /// Keys as files in a read-only Secret volume.
+    Files {
+        /// Volume name.
+        volume: &'static str,
+        /// Mount directory.
+        dir: String,
+        /// `(key in the Secret, file name)`.
+        items: Vec<(String, String)>,
+        /// `defaultMode` of the volume (`None`: the API server's default).
+        mode: Option<i32>,
+    },
+}
+
+/// One use of one Secret by a stream: which Secret, which spec field names it, which pods get
+/// it and how. [`secret_uses`] is the single list of them: the env and volume builders and the
+/// controller's Secret check all read it, so a new Secret reference is added in one place.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct SecretUse {
+    /// Secret name (in the stream's namespace).
+    pub secret: String,
+    /// Spec field that references it (for messages).
+    pub field: &'static str,
+    /// Pods that receive it.
+    pub components: &'static [Component],
+    /// The operator reads this Secret itself to talk to Kafka (the topic step dereferences and
+    /// reports it); the others are only checked for existence and keys.
+    pub read_by_operator: bool,
+    /// How it reaches the pods.
+    pub delivery: Delivery,
+}
+
+impl SecretUse {
+    /// The keys the Secret must have.
+    pub fn keys(&self) -> Vec<&str> {
+        match &self.delivery {
+            Delivery::Env { key, .. } => vec![key.as_str()],
+            Delivery::Files { items, .. } => items.iter().map(|(k, _)| k.as_str()).collect(),
         }
-        Component::Sink => {
-            if let Some(p) = &es.spec.persistence {
-                let r = &p.postgres.url_secret_ref;
-                env.push(secret_env(ENV_POSTGRES_URL, &r.name, &r.key));
-                // libpq's variables, which the sink reads when the URL does not set them.
-                let tls = p.postgres.tls.clone().unwrap_or_default();
-                if tls.ca_secret_ref.is_some() {
-                    env.push(plain_env(
-                        "PGSSLROOTCERT",
-                        &format!("{POSTGRES_CA_DIR}/ca.crt"),
-                    ));
-                }
-                if tls.client_cert_secret_ref.is_some() {
-                    env.push(plain_env(
-                        "PGSSLCERT",
-                        &format!("{POSTGRES_CLIENT_DIR}/tls.crt"),
-                    ));
-                    env.push(plain_env(
-                        "PGSSLKEY",
-                        &format!("{POSTGRES_CLIENT_DIR}/tls.key"),
-                    ));
-                }
-            }
+    }
+}
+
+const BOTH: &[Component] = &[Component::Bridge, Component::Sink];
+
+/// Every Secret `es` references, in the order env vars and volumes appear in the pods.
+/// Secrets reach pods only as environment variables or mounted files, never through the
+/// ConfigMap.
+pub fn secret_uses(es: &EventStream) -> Vec<SecretUse> {
+    const KAFKA: &str = "spec.kafka.secretRef";
+    let mut uses = Vec::new();
+    if let (true, Some(secret)) = (uses_sasl(es), &es.spec.kafka.secret_ref) {
+        for (var, key) in [
+            (ENV_KAFKA_USERNAME, "username"),
+            (ENV_KAFKA_PASSWORD, "password"),
+        ] {
+            uses.push(SecretUse {
+                secret: secret.name.clone(),
+                field: KAFKA,
+                components: BOTH,
+                read_by_operator: true,
+                delivery: Delivery::Env {
+                    var,
+                    key: key.into(),
+                },
+            });
+        }
+    }
+    if let Some(auth) = &es.spec.auth {
+        uses.push(SecretUse {
+            secret: auth.jwt_secret_ref.name.clone(),
+            field: "spec.auth.jwtSecretRef",
+            components: &[Component::Bridge],
+            read_by_operator: false,
+            delivery: Delivery::Env {
+                var: ENV_JWT_KEY,
+                key: auth.jwt_secret_ref.key.clone(),
+            },
+        });
+    }
+    if let Some(p) = &es.spec.persistence {
+        let r = &p.postgres.url_secret_ref;
+        uses.push(SecretUse {
+            secret: r.name.clone(),
+            field: "spec.persistence.postgres.urlSecretRef",
+            components: &[Component::Sink],
+            read_by_operator: false,
+            delivery: Delivery::Env {
+                var: ENV_POSTGRES_URL,
+                key: r.key.clone(),
+            },
+        });
+    }
+    if let (true, Some(secret)) = (uses_tls(es), &es.spec.kafka.secret_ref) {
+        let (dir, file) = KAFKA_CA_FILE
+            .rsplit_once('/')
+            .unwrap_or(("/", KAFKA_CA_FILE));
+        uses.push(SecretUse {
+            secret: secret.name.clone(),
+            field: KAFKA,
+            components: BOTH,
+            read_by_operator: true,
+            delivery: Delivery::Files {
+                volume: "kafka-ca",
+                dir: dir.into(),
+                items: vec![("ca.crt".into(), file.into())],
+                mode: None,
+            },
+        });
+    }
+    let tls = es
+        .spec
+        .persistence
+        .as_ref()
+        .and_then(|p| p.postgres.tls.clone())
+        .unwrap_or_default();
+    if let Some(r) = &tls.ca_secret_ref {
+        uses.push(SecretUse {
+            secret: r.name.clone(),
+            field: "spec.persistence.postgres.tls.caSecretRef",
+            components: &[Component::Sink],
+            read_by_operator: false,
+            // Readable by the pod's group (fsGroup) only.
+            delivery: Delivery::Files {
+                volume: "postgres-ca",
+                dir: POSTGRES_CA_DIR.into(),
+                items: vec![(r.key.clone(), "ca.crt".into())],
+                mode: Some(0o440),
+            },
+        });
+    }
+    if let Some(r) = &tls.client_cert_secret_ref {
+        uses.push(SecretUse {
+            secret: r.name.clone(),
+            field: "spec.persistence.postgres.tls.clientCertSecretRef",
+            components: &[Component::Sink],
+            read_by_operator: false,
+            delivery: Delivery::Files {
+                volume: "postgres-client",
+                dir: POSTGRES_CLIENT_DIR.into(),
+                items: vec![
+                    ("tls.crt".into(), "tls.crt".into()),
+                    ("tls.key".into(), "tls.key".into()),
+                ],
+                mode: Some(0o440),
+            },
+        });
+    }
+    uses
+}
+
+/// Names of the Secrets `es` references (what a Secret watch maps back to streams).
+pub fn referenced_secrets(es: &EventStream) -> std::collections::BTreeSet<String> {
+    secret_uses(es).into_iter().map(|u| u.secret).collect()
+}
+
+fn env(es: &EventStream, component: Component) -> Vec<EnvVar> {
+    let mut env: Vec<EnvVar> = secret_uses(es)
+        .iter()
+        .filter(|u| u.components.contains(&component))
+        .filter_map(|u| match &u.delivery {
+            Delivery::Env { var, key } => Some(secret_env(var, &u.secret, key)),
+            Delivery::Files { .. } => None,
+        })
+        .collect();
+    // libpq's variables, which the sink reads when the URL does not set them: they point at
+    // the files of the volumes above.
+    if let (Component::Sink, Some(p)) = (component, &es.spec.persistence) {
+        let tls = p.postgres.tls.clone().unwrap_or_default();
+        if tls.ca_secret_ref.is_some() {
+            env.push(plain_env(
+                "PGSSLROOTCERT",
+                &format!("{POSTGRES_CA_DIR}/ca.crt"),
+            ));
+        }
+        if tls.client_cert_secret_ref.is_some() {
+            env.push(plain_env(
+                "PGSSLCERT",
+                &format!("{POSTGRES_CLIENT_DIR}/tls.crt"),
+            ));
+            env.push(plain_env(
+                "PGSSLKEY",
+                &format!("{POSTGRES_CLIENT_DIR}/tls.key"),
+            ));
         }
     }
     env
@@ -342,13 +636,13 @@ pub const POSTGRES_CA_DIR: &str = "/etc/eventstream/postgres-ca";
 /// Where the sink finds its PostgreSQL client certificate and key.
 pub const POSTGRES_CLIENT_DIR: &str = "/etc/eventstream/postgres-client";
 
-/// A read-only Secret volume of `items` (key → file), readable by the pod's group (fsGroup)
-/// only, mounted at `dir`.
+/// A read-only Secret volume of `items` (key → file) mounted at `dir`.
 fn secret_volume(
     name: &str,
     secret: &str,
-    items: &[(&str, &str)],
+    items: &[(String, String)],
     dir: &str,
+    mode: Option<i32>,
 ) -> (Volume, VolumeMount) {
     (
         Volume {
@@ -359,13 +653,13 @@ fn secret_volume(
                     items
                         .iter()
                         .map(|(key, path)| KeyToPath {
-                            key: (*key).into(),
-                            path: (*path).into(),
+                            key: key.clone(),
+                            path: path.clone(),
                             ..KeyToPath::default()
                         })
                         .collect(),
                 ),
-                default_mode: Some(0o440),
+                default_mode: mode,
                 ..SecretVolumeSource::default()
             }),
             ..Volume::default()
@@ -416,53 +710,21 @@ fn volumes(es: &EventStream, component: Component) -> (Vec<Volume>, Vec<VolumeMo
             ..VolumeMount::default()
         },
     ];
-    if let (true, Some(secret)) = (uses_tls(es), &es.spec.kafka.secret_ref) {
-        let (dir, file) = KAFKA_CA_FILE
-            .rsplit_once('/')
-            .unwrap_or(("/", KAFKA_CA_FILE));
-        volumes.push(Volume {
-            name: "kafka-ca".into(),
-            secret: Some(SecretVolumeSource {
-                secret_name: Some(secret.name.clone()),
-                items: Some(vec![KeyToPath {
-                    key: "ca.crt".into(),
-                    path: file.into(),
-                    ..KeyToPath::default()
-                }]),
-                ..SecretVolumeSource::default()
-            }),
-            ..Volume::default()
-        });
-        mounts.push(VolumeMount {
-            name: "kafka-ca".into(),
-            mount_path: dir.into(),
-            read_only: Some(true),
-            ..VolumeMount::default()
-        });
-    }
-    let pg_tls = match (component, &es.spec.persistence) {
-        (Component::Sink, Some(p)) => p.postgres.tls.clone().unwrap_or_default(),
-        _ => Default::default(),
-    };
-    if let Some(r) = &pg_tls.ca_secret_ref {
-        let (v, m) = secret_volume(
-            "postgres-ca",
-            &r.name,
-            &[(&r.key, "ca.crt")],
-            POSTGRES_CA_DIR,
-        );
-        volumes.push(v);
-        mounts.push(m);
-    }
-    if let Some(r) = &pg_tls.client_cert_secret_ref {
-        let (v, m) = secret_volume(
-            "postgres-client",
-            &r.name,
-            &[("tls.crt", "tls.crt"), ("tls.key", "tls.key")],
-            POSTGRES_CLIENT_DIR,
-        );
-        volumes.push(v);
-        mounts.push(m);
+    for u in secret_uses(es)
+        .iter()
+        .filter(|u| u.components.contains(&component))
+    {
+        if let Delivery::Files {
+            volume,
+            dir,
+            items,
+            mode,
+        } = &u.delivery
+        {
+            let (v, m) = secret_volume(volume, &u.secret, items, dir, *mode);
+            volumes.push(v);
+            mounts.push(m);
+        }
     }
     (volumes, mounts)
 }

@@ -197,7 +197,8 @@ pub fn all(
     .collect()
 }
 
-fn truncate(s: &str, max: usize) -> String {
+/// `s` cut to at most `max` bytes plus `…` (at a character boundary).
+pub fn truncate(s: &str, max: usize) -> String {
     if s.len() <= max {
         return s.to_string();
     }

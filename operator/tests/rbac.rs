@@ -18,7 +18,7 @@ use std::sync::Arc;
 
 use eventstream_crds::EventStream;
 use eventstream_crds::v1alpha1::DeletionPolicy;
-use eventstream_operator::controller::{Context, reconcile};
+use eventstream_operator::controller::reconcile;
 use serde::Deserialize;
 use serde_json::json;
 use support::*;
@@ -211,14 +211,25 @@ fn attributes(seen: &Seen) -> Vec<Grant> {
 
 /// One reconcile of `es` against the recording API server, with both monitor kinds present.
 async fn requests(es: EventStream, failing: Option<Failing>) -> Vec<Seen> {
+    requests_with(es, failing, &[]).await
+}
+
+/// [`requests`] with the children that an earlier reconcile applied in the watches' cache (the
+/// set-based apply deletes only owned objects it knows of).
+async fn requests_with(es: EventStream, failing: Option<Failing>, applied: &[Seen]) -> Vec<Seen> {
     let kafka = Arc::new(FakeKafka::default());
     *kafka.lag.lock() = Some(0);
     let (client, server) = api_server_with_failing(db_secret(), Some(es.clone()), failing);
-    let ctx = context(client, kafka, std::slice::from_ref(&es));
-    let mut ctx: Context = Arc::try_unwrap(ctx).ok().expect("the only reference");
-    ctx.config.service_monitor = true;
-    ctx.config.pod_monitor = true;
-    let ctx = Arc::new(ctx);
+    let mut config = operator_config();
+    config.service_monitor = true;
+    config.pod_monitor = true;
+    let ctx = context_with(
+        client,
+        kafka,
+        std::slice::from_ref(&es),
+        config,
+        child_index(applied, &[]),
+    );
     let _ = reconcile(Arc::new(es), ctx.clone()).await;
     drop(ctx);
     server.finish().await
@@ -236,6 +247,7 @@ async fn reconcile_requests() -> Vec<(&'static str, Seen)> {
         .iter()
         .find(|s| s.uri.contains("/status"))
         .map(|s| serde_json::from_value(s.body["status"].clone()).unwrap());
+    let applied = created.clone();
     add("create", created);
 
     // Persistence removed and one bridge replica: the sink and the PDB are deleted.
@@ -244,7 +256,10 @@ async fn reconcile_requests() -> Vec<(&'static str, Seen)> {
     shrunk.status = status;
     shrunk.spec.bridge.replicas = 1;
     shrunk.spec.persistence = None;
-    add("update with deletions", requests(shrunk, None).await);
+    add(
+        "update with deletions",
+        requests_with(shrunk, None, &applied).await,
+    );
 
     let failing = Failing {
         deployment: "telemetry-sink".into(),

@@ -11,7 +11,7 @@ use std::time::Duration;
 
 use eventstream_crds::EventStream;
 use eventstream_crds::v1alpha1::EventStreamStatus;
-use eventstream_operator::controller::{error_policy, reconcile};
+use eventstream_operator::controller::{ChildIndex, error_policy, reconcile};
 use eventstream_operator::kafka_admin::{KafkaAdmin, KafkaConnection, RdKafkaAdmin};
 use kube::runtime::controller::Action;
 use serde_json::{Value, json};
@@ -61,8 +61,19 @@ async fn run(
     kafka: Arc<dyn KafkaAdmin>,
     secrets: Secrets,
 ) -> (Result<Action, String>, Vec<Seen>) {
+    run_with(es, kafka, secrets, operator_config(), ChildIndex::default()).await
+}
+
+/// [`run`] with `config` and the children the operator's watches have cached.
+async fn run_with(
+    es: EventStream,
+    kafka: Arc<dyn KafkaAdmin>,
+    secrets: Secrets,
+    config: eventstream_operator::OperatorConfig,
+    children: ChildIndex,
+) -> (Result<Action, String>, Vec<Seen>) {
     let (client, server) = api_server(secrets, Some(es.clone()));
-    let ctx = context(client, kafka, std::slice::from_ref(&es));
+    let ctx = context_with(client, kafka, std::slice::from_ref(&es), config, children);
     let result = reconcile(Arc::new(es), ctx.clone())
         .await
         .map_err(|e| e.to_string());
@@ -75,6 +86,12 @@ fn create_sequence() -> Vec<String> {
         events(), // TopicCreated
         format!("GET /api/v1{NS}/secrets/telemetry-db"),
         events(), // DeadLetterTopicCreated
+        // Nothing is known to be owned yet: every name is checked before anything is applied.
+        format!("GET /api/v1{NS}/configmaps/telemetry-config"),
+        format!("GET /api/v1{NS}/services/telemetry-bridge"),
+        format!("GET /apis/apps/v1{NS}/deployments/telemetry-bridge"),
+        format!("GET /apis/policy/v1{NS}/poddisruptionbudgets/telemetry-bridge"),
+        format!("GET /apis/apps/v1{NS}/deployments/telemetry-sink"),
         format!("PATCH /api/v1{NS}/configmaps/telemetry-config{SSA}"),
         format!("PATCH /api/v1{NS}/services/telemetry-bridge{SSA}"),
         format!("PATCH /apis/apps/v1{NS}/deployments/telemetry-bridge{SSA}"),
@@ -142,7 +159,11 @@ async fn create_applies_topic_children_and_status_in_order() {
         assert!(!s.body.to_string().contains("postgres://"), "{}", s.line());
     }
     // Pod templates carry the config hash; children carry the owner reference.
-    let bridge = &seen[5].body;
+    let bridge = &seen
+        .iter()
+        .find(|s| s.method == "PATCH" && s.uri.contains("deployments/telemetry-bridge"))
+        .expect("bridge applied")
+        .body;
     assert!(
         bridge["spec"]["template"]["metadata"]["annotations"]["eventstream.dev/config-hash"]
             .is_string()
@@ -196,10 +217,17 @@ async fn steady_state_writes_no_status_and_no_events() {
         condition(&status_of(&seen), "TopicReady").reason,
         "TopicInSync"
     );
-    // Third pass: nothing changed anywhere.
+    // Third pass: nothing changed anywhere, and the watches know the children are owned.
     let mut es = finalized(telemetry());
     es.status = Some(status_of(&seen));
-    let (result, seen) = run(es, kafka.clone(), db_secret()).await;
+    let (result, seen) = run_with(
+        es,
+        kafka.clone(),
+        db_secret(),
+        operator_config(),
+        child_index(&seen, &[]),
+    )
+    .await;
     assert_eq!(result, Ok(Action::requeue(Duration::from_secs(300))));
     let lines: Vec<String> = seen.iter().map(Seen::line).collect();
     assert_eq!(
@@ -233,7 +261,15 @@ async fn update_corrects_topic_drift_removes_the_pdb_and_patches_status() {
     es.metadata.generation = Some(2);
     es.spec.bridge.replicas = 1;
     es.status = Some(first.clone());
-    let (result, seen) = run(es, kafka.clone(), db_secret()).await;
+    // The watches have seen what the first pass applied, the bridge's PDB among it.
+    let (result, seen) = run_with(
+        es,
+        kafka.clone(),
+        db_secret(),
+        operator_config(),
+        child_index(&seen, &[]),
+    )
+    .await;
     assert_eq!(result, Ok(Action::requeue(Duration::from_secs(300))));
     let lines: Vec<String> = seen.iter().map(Seen::line).collect();
     assert_eq!(
@@ -244,8 +280,9 @@ async fn update_corrects_topic_drift_removes_the_pdb_and_patches_status() {
             format!("PATCH /api/v1{NS}/configmaps/telemetry-config{SSA}"),
             format!("PATCH /api/v1{NS}/services/telemetry-bridge{SSA}"),
             format!("PATCH /apis/apps/v1{NS}/deployments/telemetry-bridge{SSA}"),
-            format!("DELETE /apis/policy/v1{NS}/poddisruptionbudgets/telemetry-bridge?"),
             format!("PATCH /apis/apps/v1{NS}/deployments/telemetry-sink{SSA}"),
+            // The set is applied first, then owned objects no longer wanted are deleted.
+            format!("DELETE /apis/policy/v1{NS}/poddisruptionbudgets/telemetry-bridge?"),
             events(), // Updated
             format!("PATCH {}{SSA}", es_path("/status")),
         ]
@@ -268,6 +305,225 @@ async fn update_corrects_topic_drift_removes_the_pdb_and_patches_status() {
         "no transition, same time"
     );
     assert_eq!(condition(&status, "TopicReady").reason, "TopicInSync");
+}
+
+/// Children are a set: dropping `persistence` deletes every owned object of the sink (its
+/// Deployment and its PodMonitor, which used to be orphaned), and nothing the stream does not
+/// own, even with its labels and name.
+#[tokio::test]
+async fn dropping_persistence_deletes_the_sink_and_its_pod_monitor_but_nothing_foreign() {
+    let kafka = Arc::new(FakeKafka::default());
+    let monitors = eventstream_operator::OperatorConfig {
+        service_monitor: true,
+        pod_monitor: true,
+        ..operator_config()
+    };
+    let (_, first) = run_with(
+        finalized(telemetry()),
+        kafka.clone(),
+        db_secret(),
+        monitors.clone(),
+        ChildIndex::default(),
+    )
+    .await;
+    assert!(
+        first
+            .iter()
+            .any(|s| s.line().contains("podmonitors/telemetry-sink")),
+        "the first pass applies the sink's PodMonitor"
+    );
+    // A look-alike the stream does not own (another owner UID), with the stream's labels.
+    let foreign = json!({
+        "apiVersion": "v1", "kind": "ConfigMap",
+        "metadata": {"name": "telemetry-extra", "namespace": "racing",
+            "labels": {"eventstream.dev/stream": "telemetry",
+                       "app.kubernetes.io/managed-by": "eventstream-operator"},
+            "ownerReferences": [{"apiVersion": "eventstream.dev/v1alpha1", "kind": "EventStream",
+                "name": "telemetry", "uid": "99999999-0000-4000-8000-000000000009",
+                "controller": true}]}
+    });
+    let mut es = finalized(telemetry());
+    es.metadata.generation = Some(2);
+    es.spec.persistence = None;
+    let (result, seen) = run_with(
+        es,
+        kafka.clone(),
+        db_secret(),
+        monitors,
+        child_index(&first, &[foreign]),
+    )
+    .await;
+    assert_eq!(result, Ok(Action::requeue(Duration::from_secs(300))));
+    let deletes: Vec<String> = seen
+        .iter()
+        .filter(|s| s.method == "DELETE")
+        .map(Seen::line)
+        .collect();
+    assert_eq!(
+        deletes,
+        vec![
+            format!("DELETE /apis/apps/v1{NS}/deployments/telemetry-sink?"),
+            format!("DELETE /apis/monitoring.coreos.com/v1{NS}/podmonitors/telemetry-sink?"),
+        ]
+    );
+    assert!(
+        seen.iter()
+            .any(|s| s.line().contains("servicemonitors/telemetry-bridge")),
+        "the bridge's ServiceMonitor stays applied"
+    );
+}
+
+/// A user's object with a child's name is never taken over: a forced apply would make the
+/// stream its controller and garbage collection would delete it with the stream.
+#[tokio::test]
+async fn an_object_the_stream_does_not_own_is_refused_and_nothing_is_touched() {
+    let kafka = Arc::new(FakeKafka::default());
+    let es = finalized(telemetry());
+    let theirs = json!({"apiVersion": "v1", "kind": "ConfigMap",
+        "metadata": {"name": "telemetry-config", "namespace": "racing", "uid": "u-1"},
+        "data": {"team": "racing"}});
+    let (client, server) = api_server_full(
+        db_secret(),
+        Some(es.clone()),
+        None,
+        [(format!("/api/v1{NS}/configmaps/telemetry-config"), theirs)].into(),
+    );
+    let ctx = context(client, kafka, std::slice::from_ref(&es));
+    let result = reconcile(Arc::new(es), ctx.clone()).await;
+    drop(ctx);
+    let seen = server.finish().await;
+    assert_eq!(
+        result.map_err(|e| e.to_string()),
+        Ok(Action::requeue(Duration::from_secs(300))),
+        "waits for the user"
+    );
+    let touched: Vec<String> = seen
+        .iter()
+        .filter(|s| {
+            (s.method == "PATCH" || s.method == "DELETE") && !s.uri.contains("/eventstreams/")
+        })
+        .map(Seen::line)
+        .collect();
+    assert_eq!(touched, Vec::<String>::new(), "nothing applied or deleted");
+    let status = status_of(&seen);
+    for t in ["BridgeReady", "SinkReady", "Ready"] {
+        let c = condition(&status, t);
+        assert_eq!(
+            (c.status.as_str(), c.reason.as_str()),
+            ("False", "NameConflict")
+        );
+        assert!(
+            c.message.contains("ConfigMap racing/telemetry-config"),
+            "{}",
+            c.message
+        );
+    }
+    assert!(event_reasons(&seen).contains(&"NameConflict".to_string()));
+}
+
+/// An object with a child's name that the stream owns (an earlier reconcile made it) is applied.
+#[tokio::test]
+async fn an_object_the_stream_owns_is_applied() {
+    let kafka = Arc::new(FakeKafka::default());
+    let es = finalized(telemetry());
+    let ours = json!({"apiVersion": "v1", "kind": "ConfigMap",
+        "metadata": {"name": "telemetry-config", "namespace": "racing",
+            "ownerReferences": [{"apiVersion": "eventstream.dev/v1alpha1", "kind": "EventStream",
+                "name": "telemetry", "uid": "11111111-0000-4000-8000-000000000001",
+                "controller": true}]}});
+    let (client, server) = api_server_full(
+        db_secret(),
+        Some(es.clone()),
+        None,
+        [(format!("/api/v1{NS}/configmaps/telemetry-config"), ours)].into(),
+    );
+    let ctx = context(client, kafka, std::slice::from_ref(&es));
+    reconcile(Arc::new(es), ctx.clone()).await.expect("ok");
+    drop(ctx);
+    let seen = server.finish().await;
+    assert!(
+        seen.iter()
+            .any(|s| s.line() == format!("PATCH /api/v1{NS}/configmaps/telemetry-config{SSA}"))
+    );
+    assert_eq!(condition(&status_of(&seen), "Ready").status, "True");
+}
+
+/// Kafka changes a replication factor only by a partition reassignment: the operator says so
+/// instead of calling the topic in sync.
+#[tokio::test]
+async fn a_replication_factor_change_is_reported_not_called_in_sync() {
+    let kafka = Arc::new(FakeKafka::default());
+    let (_, seen) = run(finalized(telemetry()), kafka.clone(), db_secret()).await;
+    let mut es = finalized(telemetry());
+    es.metadata.generation = Some(2);
+    es.spec.topic.replication_factor = Some(3);
+    es.status = Some(status_of(&seen));
+    let (_, seen) = run(es.clone(), kafka.clone(), db_secret()).await;
+    let status = status_of(&seen);
+    let topic = condition(&status, "TopicReady");
+    assert_eq!(topic.reason, "ReplicationChangeNeedsReassignment");
+    assert!(
+        topic.message.contains("replication factor 1")
+            && topic.message.contains("is 3")
+            && topic.message.contains("reassignment"),
+        "{}",
+        topic.message
+    );
+    assert!(event_reasons(&seen).contains(&"ReplicationChangeNeedsReassignment".to_string()));
+    // Reported once: the next pass with that status publishes no second Event.
+    es.status = Some(status);
+    let (_, seen) = run(es, kafka, db_secret()).await;
+    assert!(!event_reasons(&seen).contains(&"ReplicationChangeNeedsReassignment".to_string()));
+}
+
+/// The documented way out of a deletion blocked by an unreachable Kafka.
+#[tokio::test]
+async fn the_skip_annotation_lets_deletion_finish_without_kafka() {
+    let kafka = Arc::new(FakeKafka::default());
+    *kafka.unreachable.lock() = true;
+    let mut es = deleting(finalized(telemetry()));
+    es.spec.topic.deletion_policy = eventstream_crds::v1alpha1::DeletionPolicy::Delete;
+    es.metadata.annotations = Some(
+        [(
+            "eventstream.dev/skip-kafka-cleanup".to_string(),
+            "true".to_string(),
+        )]
+        .into(),
+    );
+    let (result, seen) = run(es, kafka.clone(), db_secret()).await;
+    assert_eq!(result, Ok(Action::await_change()));
+    assert!(kafka.calls.lock().is_empty(), "Kafka is not touched");
+    assert_eq!(event_reasons(&seen), vec!["KafkaCleanupSkipped"]);
+    let note = seen[0].body["note"].as_str().unwrap();
+    assert!(
+        note.contains("racing.telemetry") && note.contains("eventstream.racing.telemetry.sink"),
+        "{note}"
+    );
+    assert_eq!(
+        seen.last().unwrap().line(),
+        format!("PATCH {}?", es_path("")),
+        "finalizer removed"
+    );
+}
+
+/// events.k8s.io rejects a note over 1 KiB, and with it the whole Event.
+#[tokio::test]
+async fn long_event_notes_are_truncated_to_one_kib() {
+    let kafka = Arc::new(FakeKafka::default());
+    kafka.refuse.lock().push("create racing.telemetry".into());
+    *kafka.refusal.lock() = Some(format!("Broker: {}", "policy violation; ".repeat(200)));
+    let (_, seen) = run(finalized(telemetry()), kafka, db_secret()).await;
+    let notes: Vec<&str> = seen
+        .iter()
+        .filter(|s| s.uri.contains("/events.k8s.io/"))
+        .filter_map(|s| s.body["note"].as_str())
+        .collect();
+    let long = notes
+        .iter()
+        .find(|n| n.contains("policy violation"))
+        .expect("the refusal is reported");
+    assert!(long.len() <= 1024, "{} bytes", long.len());
+    assert!(long.ends_with('…'));
 }
 
 #[tokio::test]
@@ -666,7 +922,7 @@ async fn offset_reset_scales_the_sink_to_zero_resets_and_removes_the_annotation(
     );
     let sink = seen
         .iter()
-        .find(|s| s.uri.contains("deployments/telemetry-sink"))
+        .find(|s| s.method == "PATCH" && s.uri.contains("deployments/telemetry-sink"))
         .unwrap();
     assert_eq!(sink.body["spec"]["replicas"], 0);
     assert!(
@@ -724,7 +980,7 @@ async fn a_recorded_offset_reset_reaches_the_sink_config_and_stays() {
     let (_, seen) = run(es, kafka, db_secret()).await;
     let cm = seen
         .iter()
-        .find(|s| s.uri.contains("configmaps/"))
+        .find(|s| s.method == "PATCH" && s.uri.contains("configmaps/"))
         .expect("configmap applied");
     let text = cm.body["data"]["config.yaml"]
         .as_str()

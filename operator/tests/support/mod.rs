@@ -9,7 +9,9 @@ use std::sync::Arc;
 
 use eventstream_crds::EventStream;
 use eventstream_operator::OperatorConfig;
+use eventstream_operator::children::ChildKind;
 use eventstream_operator::controller::Context;
+use eventstream_operator::controller::context::{ChildIndex, ChildMeta};
 use eventstream_operator::kafka_admin::{
     ClusterView, DesiredTopic, KafkaAdmin, KafkaAdminError, KafkaConnection, ObservedTopic, ResetTo,
 };
@@ -98,6 +100,18 @@ pub fn api_server_with_failing(
     stream: Option<EventStream>,
     failing: Option<Failing>,
 ) -> (Client, ApiServer) {
+    api_server_full(secrets, stream, failing, BTreeMap::new())
+}
+
+/// [`api_server_with_failing`] where GETs of the paths in `existing` (e.g.
+/// `/api/v1/namespaces/racing/configmaps/telemetry-config`) return those objects; every other
+/// object GET but the EventStream's is 404.
+pub fn api_server_full(
+    secrets: Secrets,
+    stream: Option<EventStream>,
+    failing: Option<Failing>,
+    existing: BTreeMap<String, Value>,
+) -> (Client, ApiServer) {
     let (svc, mut handle) = tower_test::mock::pair::<Request<Body>, Response<Body>>();
     let client = Client::new(svc, "default");
     let log = Arc::new(Mutex::new(Vec::new()));
@@ -140,8 +154,12 @@ pub fn api_server_with_failing(
                     &json!({"apiVersion": "v1", "kind": "PodList", "metadata": {},
                             "items": failing.as_ref().map(|f| f.pods.clone()).unwrap_or_default()}),
                 ),
-                "GET" => match &stream {
+                "GET" if path.contains("/eventstreams/") => match &stream {
                     Some(es) => respond(StatusCode::OK, &serde_json::to_value(es).expect("json")),
+                    None => not_found("object"),
+                },
+                "GET" => match existing.get(&path) {
+                    Some(obj) => respond(StatusCode::OK, obj),
                     None => not_found("object"),
                 },
                 "POST" => respond(StatusCode::CREATED, &body),
@@ -190,6 +208,8 @@ pub struct FakeKafka {
     pub lag: Mutex<Option<i64>>,
     /// Calls (as recorded in `calls`) the broker refuses, e.g. `create racing.telemetry.dlq`.
     pub refuse: Mutex<Vec<String>>,
+    /// The broker's message in those refusals (default: an authorisation failure).
+    pub refusal: Mutex<Option<String>>,
 }
 
 impl FakeKafka {
@@ -199,7 +219,11 @@ impl FakeKafka {
             return Err(KafkaAdminError::Refused {
                 operation: call,
                 code: None,
-                message: "Broker: Topic authorization failed".into(),
+                message: self
+                    .refusal
+                    .lock()
+                    .clone()
+                    .unwrap_or_else(|| "Broker: Topic authorization failed".into()),
             });
         }
         if *self.unreachable.lock() {
@@ -342,14 +366,63 @@ pub fn context(
     kafka: Arc<dyn KafkaAdmin>,
     streams: &[EventStream],
 ) -> Arc<Context> {
+    context_with(
+        client,
+        kafka,
+        streams,
+        operator_config(),
+        ChildIndex::default(),
+    )
+}
+
+/// [`context`] with `config` and the owned children the watches have cached.
+pub fn context_with(
+    client: Client,
+    kafka: Arc<dyn KafkaAdmin>,
+    streams: &[EventStream],
+    config: OperatorConfig,
+    children: ChildIndex,
+) -> Arc<Context> {
     let (store, mut writer) = reflector::store::<EventStream>();
     for s in streams {
         writer.apply_watcher_event(&kube::runtime::watcher::Event::Apply(s.clone()));
     }
     let metrics = Arc::new(Metrics::new(&prometheus::Registry::new()).expect("metrics"));
-    let mut ctx = Context::new(client, operator_config(), kafka, metrics, store);
+    let mut ctx = Context::new(client, config, kafka, metrics, store).with_children(children);
     ctx.now = fixed_now;
     Arc::new(ctx)
+}
+
+/// What the operator's child watches would have cached after the server-side applies in
+/// `applied` (an earlier reconcile's requests), plus `extra` objects (as JSON with `apiVersion`,
+/// `kind` and `metadata`).
+pub fn child_index(applied: &[Seen], extra: &[Value]) -> ChildIndex {
+    let mut index = ChildIndex::default();
+    let mut writers: BTreeMap<ChildKind, _> = ChildKind::ALL
+        .into_iter()
+        .map(|k| (k, index.track(k)))
+        .collect();
+    let bodies = applied
+        .iter()
+        .filter(|s| {
+            s.method == "PATCH"
+                && s.uri.contains("fieldManager=")
+                && !s.uri.contains("/eventstreams/")
+        })
+        .map(|s| s.body.clone())
+        .chain(extra.iter().cloned());
+    for body in bodies {
+        let kind = ChildKind::ALL
+            .into_iter()
+            .find(|k| k.api_resource().kind == body["kind"].as_str().unwrap_or_default())
+            .expect("a child kind");
+        let meta: ChildMeta = serde_json::from_value(body).expect("metadata");
+        writers
+            .get_mut(&kind)
+            .expect("tracked")
+            .apply_watcher_event(&kube::runtime::watcher::Event::Apply(meta));
+    }
+    index
 }
 
 /// `racing/telemetry` as in examples/sim-racing-telemetry.yaml, as the API server returns it.

@@ -1,0 +1,242 @@
+//! Wiring: the HTTP server, the CRD check, discovery of the monitor kinds, leader election, and
+//! the `Controller` with its watches. The watches of owned children are derived from
+//! [`ChildKind::ALL`], the same list the apply and the sweep use: one helper, one watch per
+//! served kind, each also filling the [`ChildIndex`] the sweep reads.
+
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
+
+use eventstream_crds::EventStream;
+use futures::{Stream, StreamExt};
+use k8s_openapi::api::core::v1::Secret;
+use kube::ResourceExt;
+use kube::api::{Api, ListParams};
+use kube::core::PartialObjectMeta;
+use kube::runtime::controller::Controller;
+use kube::runtime::reflector::{self, ObjectRef, store::Writer};
+use kube::runtime::watcher::{self, watcher};
+use kube::runtime::{Predicate, WatchStreamExt, predicates};
+use kube::{Client, Resource};
+
+use super::context::{ChildIndex, ChildMeta, Context};
+use super::{error_policy, reconcile};
+use crate::children::{self, ChildKind};
+use crate::metrics::Metrics;
+use crate::{FIELD_MANAGER, OperatorConfig};
+
+/// Options of [`run`] beyond [`OperatorConfig`].
+#[derive(Debug, Clone)]
+pub struct RunOptions {
+    /// `/metrics`, `/healthz`, `/readyz` address.
+    pub listen: std::net::SocketAddr,
+    /// Lease `namespace/name` for leader election; `None` disables it.
+    pub lease: Option<(String, String)>,
+    /// This replica's identity in the Lease.
+    pub identity: String,
+}
+
+/// Whether the `monitoring.coreos.com/v1` kinds exist: `(ServiceMonitor, PodMonitor)`.
+pub async fn discover_monitors(client: &Client) -> (bool, bool) {
+    match client
+        .list_api_group_resources("monitoring.coreos.com/v1")
+        .await
+    {
+        Ok(list) => {
+            let has = |k: &str| list.resources.iter().any(|r| r.kind == k);
+            (has("ServiceMonitor"), has("PodMonitor"))
+        }
+        Err(_) => (false, false),
+    }
+}
+
+fn scoped<K>(client: &Client, ns: &Option<String>) -> Api<K>
+where
+    K: Resource<DynamicType = (), Scope = k8s_openapi::NamespaceResourceScope>,
+{
+    match ns {
+        Some(ns) => Api::namespaced(client.clone(), ns),
+        None => Api::all(client.clone()),
+    }
+}
+
+/// Label selector of everything the operator creates.
+pub fn managed_selector() -> String {
+    format!("app.kubernetes.io/managed-by={FIELD_MANAGER}")
+}
+
+/// Metadata-only watch of the owned objects of `kind` (they only need to trigger the owner and
+/// to be known by name and owner, not cached whole), reflected into `writer`.
+fn owned_watch(
+    client: &Client,
+    ns: &Option<String>,
+    kind: ChildKind,
+    writer: Writer<ChildMeta>,
+) -> impl Stream<Item = Result<ChildMeta, watcher::Error>> + Send + 'static {
+    let ar = kind.api_resource();
+    let api: Api<ChildMeta> = match ns {
+        Some(n) => Api::namespaced_with(client.clone(), n, &ar),
+        None => Api::all_with(client.clone(), &ar),
+    };
+    let config = watcher::Config::default()
+        .labels(&managed_selector())
+        .any_semantic();
+    watcher(api, config)
+        .default_backoff()
+        .reflect(writer)
+        .touched_objects()
+}
+
+/// The streams that reference Secret `namespace/name` (through [`children::secret_uses`], the
+/// list the pods and the Secret check use): what a Secret's creation, change or deletion
+/// re-reconciles, so a Secret created after its stream is noticed at once, not at the next
+/// resync.
+pub fn streams_referencing(
+    streams: &[Arc<EventStream>],
+    namespace: Option<&str>,
+    name: &str,
+) -> Vec<ObjectRef<EventStream>> {
+    streams
+        .iter()
+        .filter(|es| es.namespace().as_deref() == namespace)
+        .filter(|es| children::referenced_secrets(es).contains(name))
+        .map(|es| ObjectRef::from_obj(es.as_ref()))
+        .collect()
+}
+
+/// Runs the operator until a signal (or the loss of leadership).
+pub async fn run(mut config: OperatorConfig, opts: RunOptions) -> anyhow::Result<()> {
+    let client = Client::try_default().await?;
+    let registry = prometheus::Registry::new();
+    let metrics = Arc::new(Metrics::new(&registry)?);
+    let ready = Arc::new(AtomicBool::new(false));
+    let http_state = crate::http::HttpState {
+        registry,
+        ready: ready.clone(),
+    };
+    tokio::spawn(async move {
+        if let Err(e) = crate::http::serve(opts.listen, http_state).await {
+            tracing::error!(error = %e, "HTTP server failed");
+            std::process::exit(1);
+        }
+    });
+
+    let streams: Api<EventStream> = scoped(&client, &config.namespace);
+    if let Err(e) = streams.list(&ListParams::default().limit(1)).await {
+        anyhow::bail!(
+            "cannot list EventStreams ({e}); is the CRD installed? `eventstream-operator crd | kubectl apply -f -`"
+        );
+    }
+    ready.store(true, Ordering::Relaxed);
+    (config.service_monitor, config.pod_monitor) = discover_monitors(&client).await;
+    tracing::info!(
+        service_monitor = config.service_monitor,
+        pod_monitor = config.pod_monitor,
+        "discovered monitoring kinds"
+    );
+
+    if let Some((ns, name)) = &opts.lease {
+        let (tx, mut rx) = tokio::sync::watch::channel(false);
+        let elector = crate::leader::LeaderElector::new(client.clone(), ns, name, &opts.identity);
+        tokio::spawn(elector.run(tx));
+        tracing::info!(lease = %format!("{ns}/{name}"), identity = %opts.identity, "waiting for leadership");
+        rx.wait_for(|l| *l).await?;
+        metrics.leader.set(1.0);
+        let m = metrics.clone();
+        tokio::spawn(async move {
+            let _ = rx.wait_for(|l| !*l).await;
+            m.leader.set(0.0);
+            tracing::error!("leadership lost: exiting so another replica takes over");
+            std::process::exit(1);
+        });
+    } else {
+        metrics.leader.set(1.0);
+    }
+
+    let (reader, writer) = reflector::store();
+    // Status-only updates never trigger a reconcile (the classic self-triggering loop);
+    // spec (generation), annotations (offset reset) and finalizers still do.
+    let trigger = watcher(streams, watcher::Config::default().any_semantic())
+        .default_backoff()
+        .reflect(writer)
+        .applied_objects()
+        .predicate_filter(
+            (predicates::generation as fn(&EventStream) -> Option<u64>)
+                .combine(predicates::annotations as fn(&EventStream) -> Option<u64>)
+                .combine(predicates::finalizers as fn(&EventStream) -> Option<u64>),
+            Default::default(),
+        );
+    let ns = config.namespace.clone();
+    let mut controller = Controller::for_stream(trigger, reader.clone());
+    let mut children = ChildIndex::default();
+    for kind in ChildKind::ALL.into_iter().filter(|k| k.served(&config)) {
+        let writer = children.track(kind);
+        controller = controller
+            .owns_stream_with(owned_watch(&client, &ns, kind, writer), kind.api_resource());
+    }
+    // Secrets: metadata only, mapped back to the streams that reference them by name.
+    let secrets: Api<PartialObjectMeta<Secret>> = scoped(&client, &ns);
+    let store = reader.clone();
+    controller = controller.watches_stream(
+        watcher(secrets, watcher::Config::default().any_semantic())
+            .default_backoff()
+            .touched_objects(),
+        move |s: PartialObjectMeta<Secret>| {
+            streams_referencing(&store.state(), s.namespace().as_deref(), &s.name_any())
+        },
+    );
+    let kafka = Arc::new(crate::kafka_admin::RdKafkaAdmin::new(config.kafka_timeout));
+    let ctx =
+        Arc::new(Context::new(client, config, kafka, metrics, reader).with_children(children));
+    controller
+        .shutdown_on_signal()
+        .run(reconcile, error_policy, ctx)
+        .for_each(|res| async move {
+            if let Err(e) = res {
+                tracing::debug!(error = %e, "controller event");
+            }
+        })
+        .await;
+    Ok(())
+}
+
+#[cfg(test)]
+#[allow(clippy::unwrap_used)]
+mod tests {
+    use super::*;
+
+    fn stream(ns: &str, name: &str, spec: &str) -> Arc<EventStream> {
+        let mut es = EventStream::new(name, serde_yaml::from_str(spec).unwrap());
+        es.metadata.namespace = Some(ns.into());
+        Arc::new(es)
+    }
+
+    #[test]
+    fn a_secret_maps_to_the_streams_of_its_namespace_that_reference_it() {
+        let db = "persistence: { postgres: { urlSecretRef: { name: db, key: url }, table: t } }";
+        let streams = vec![
+            stream("racing", "telemetry", db),
+            stream(
+                "racing",
+                "laps",
+                "auth: { algorithm: HS256, jwtSecretRef: { name: jwt, key: k } }",
+            ),
+            stream("other", "telemetry", db),
+            stream(
+                "racing",
+                "secure",
+                "kafka: { securityProtocol: SASL_SSL, secretRef: { name: kafka } }",
+            ),
+        ];
+        let names = |ns, secret| {
+            streams_referencing(&streams, Some(ns), secret)
+                .into_iter()
+                .map(|r| r.name)
+                .collect::<Vec<_>>()
+        };
+        assert_eq!(names("racing", "db"), vec!["telemetry"]);
+        assert_eq!(names("racing", "jwt"), vec!["laps"]);
+        assert_eq!(names("racing", "kafka"), vec!["secure"]);
+        assert_eq!(names("other", "jwt"), Vec::<String>::new());
+        assert_eq!(names("racing", "unrelated"), Vec::<String>::new());
+    }
+}
