@@ -15,7 +15,6 @@ pub mod config;
 pub mod controller;
 pub mod http;
 pub mod kafka_admin;
-pub mod kafka_wire;
 pub mod leader;
 pub mod metrics;
 pub mod secrets;

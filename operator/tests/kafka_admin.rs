@@ -6,11 +6,13 @@
 use std::collections::BTreeMap;
 use std::time::Duration;
 
+use eventstream_operator::kafka_admin::incremental::{
+    AlterError, ConfigOp, incremental_alter_configs,
+};
 use eventstream_operator::kafka_admin::{
     DesiredTopic, KafkaAdmin, KafkaAdminError, KafkaConnection, RdKafkaAdmin, ResetTo, TopicError,
     create_if_missing, ensure_topic,
 };
-use eventstream_operator::kafka_wire::{ConfigOp, incremental_alter_configs};
 use eventstream_testkit::TansuBroker;
 use rdkafka::consumer::{BaseConsumer, CommitMode, Consumer};
 use rdkafka::{Offset, TopicPartitionList};
@@ -36,9 +38,9 @@ fn admin() -> RdKafkaAdmin {
 /// incremental form).
 async fn set_by_hand(broker: &TansuBroker, topic: &str, key: &str, value: &str) {
     let ops = [ConfigOp::Set(key.into(), value.into())];
-    incremental_alter_configs(&broker.bootstrap(), topic, &ops, Duration::from_secs(5))
+    let conn = KafkaConnection::plaintext(broker.bootstrap());
+    incremental_alter_configs(&conn, topic, &ops, Duration::from_secs(5))
         .await
-        .expect("broker reachable")
         .expect("alter by hand");
 }
 
@@ -310,4 +312,162 @@ async fn unreachable_and_unresolvable_brokers_are_named() {
     assert_eq!(err.reason(), "KafkaUnreachable");
     assert!(err.is_transient());
     assert!(err.to_string().contains("does not resolve"), "{err}");
+}
+
+/// A SASL_SSL listener in front of tansu (which has neither): TLS with a certificate from a
+/// throw-away CA, then SaslHandshake and SaslAuthenticate PLAIN checked against `user`/`password`,
+/// then the bytes go to tansu as they are.
+async fn sasl_ssl_front(
+    tansu: String,
+    user: &'static str,
+    password: &'static str,
+) -> (u16, String) {
+    use kafka_protocol::messages::{
+        ApiKey, RequestHeader, ResponseHeader, SaslAuthenticateRequest, SaslAuthenticateResponse,
+        SaslHandshakeRequest, SaslHandshakeResponse,
+    };
+    use kafka_protocol::protocol::{Decodable, Encodable, HeaderVersion, StrBytes};
+    use rustls::pki_types::pem::PemObject;
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+
+    let ca = eventstream_testkit::postgres::TestCa::new("kafka-ca").unwrap();
+    let leaf = ca.issue("localhost", &["localhost"]).unwrap();
+    let certs = rustls::pki_types::CertificateDer::pem_slice_iter(leaf.cert_pem.as_bytes())
+        .collect::<Result<Vec<_>, _>>()
+        .unwrap();
+    let key = rustls::pki_types::PrivateKeyDer::from_pem_slice(leaf.key_pem.as_bytes()).unwrap();
+    let config = rustls::ServerConfig::builder_with_provider(std::sync::Arc::new(
+        rustls::crypto::ring::default_provider(),
+    ))
+    .with_safe_default_protocol_versions()
+    .unwrap()
+    .with_no_client_auth()
+    .with_single_cert(certs, key)
+    .unwrap();
+    let acceptor = tokio_rustls::TlsAcceptor::from(std::sync::Arc::new(config));
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let port = listener.local_addr().unwrap().port();
+
+    async fn read_frame<S: tokio::io::AsyncRead + Unpin>(s: &mut S) -> bytes::Bytes {
+        let len = s.read_i32().await.unwrap();
+        let mut body = vec![0; usize::try_from(len).unwrap()];
+        s.read_exact(&mut body).await.unwrap();
+        bytes::Bytes::from(body)
+    }
+    async fn reply<S: tokio::io::AsyncWrite + Unpin, R: Encodable + HeaderVersion>(
+        s: &mut S,
+        header: &RequestHeader,
+        response: &R,
+    ) {
+        let mut buf = bytes::BytesMut::new();
+        let mut h = ResponseHeader::default();
+        h.correlation_id = header.correlation_id;
+        h.encode(&mut buf, R::header_version(header.request_api_version))
+            .unwrap();
+        response
+            .encode(&mut buf, header.request_api_version)
+            .unwrap();
+        s.write_all(&(buf.len() as i32).to_be_bytes())
+            .await
+            .unwrap();
+        s.write_all(&buf).await.unwrap();
+    }
+
+    tokio::spawn(async move {
+        loop {
+            let (tcp, _) = listener.accept().await.unwrap();
+            let acceptor = acceptor.clone();
+            let tansu = tansu.clone();
+            tokio::spawn(async move {
+                let mut tls = acceptor.accept(tcp).await.unwrap();
+                let mut frame = read_frame(&mut tls).await;
+                let header =
+                    kafka_protocol::protocol::decode_request_header_from_buffer(&mut frame)
+                        .unwrap();
+                assert_eq!(header.request_api_key, ApiKey::SaslHandshake as i16);
+                let hs =
+                    SaslHandshakeRequest::decode(&mut frame, header.request_api_version).unwrap();
+                assert_eq!(hs.mechanism.as_str(), "PLAIN");
+                let mut answer = SaslHandshakeResponse::default();
+                answer.mechanisms = vec![StrBytes::from_static_str("PLAIN")];
+                reply(&mut tls, &header, &answer).await;
+
+                let mut frame = read_frame(&mut tls).await;
+                let header =
+                    kafka_protocol::protocol::decode_request_header_from_buffer(&mut frame)
+                        .unwrap();
+                assert_eq!(header.request_api_key, ApiKey::SaslAuthenticate as i16);
+                let auth = SaslAuthenticateRequest::decode(&mut frame, header.request_api_version)
+                    .unwrap();
+                let expected = format!("\0{user}\0{password}");
+                let mut answer = SaslAuthenticateResponse::default();
+                if auth.auth_bytes.as_ref() != expected.as_bytes() {
+                    answer.error_code = 58;
+                    answer.error_message =
+                        Some(StrBytes::from_static_str("Invalid username or password"));
+                    reply(&mut tls, &header, &answer).await;
+                    return;
+                }
+                reply(&mut tls, &header, &answer).await;
+                let mut upstream = tokio::net::TcpStream::connect(&tansu).await.unwrap();
+                let _ = tokio::io::copy_bidirectional(&mut tls, &mut upstream).await;
+            });
+        }
+    });
+    (port, ca.cert_pem())
+}
+
+#[tokio::test]
+async fn incremental_alter_configs_speaks_sasl_over_tls() {
+    use eventstream_crds::v1alpha1::{SaslMechanism, SecurityProtocol};
+
+    let broker = TansuBroker::start().expect("tansu starts");
+    let plain = KafkaConnection::plaintext(broker.bootstrap());
+    let admin = admin();
+    ensure_topic(&admin, &plain, &desired("secured", 1))
+        .await
+        .expect("created");
+    let (port, ca_pem) = sasl_ssl_front(broker.bootstrap(), "operator", "s3cret").await;
+    let secured = |password: &str| KafkaConnection {
+        bootstrap: format!("localhost:{port}"),
+        security_protocol: SecurityProtocol::SaslSsl,
+        sasl_mechanism: Some(SaslMechanism::Plain),
+        username: Some("operator".into()),
+        password: Some(password.into()),
+        ca_pem: Some(ca_pem.clone()),
+    };
+    let ops = [ConfigOp::Set("retention.ms".into(), "1234".into())];
+
+    incremental_alter_configs(&secured("s3cret"), "secured", &ops, Duration::from_secs(10))
+        .await
+        .expect("altered over SASL_SSL");
+    let view = admin
+        .describe(&plain, "secured")
+        .await
+        .unwrap()
+        .topic
+        .unwrap();
+    assert_eq!(view.configs["retention.ms"], "1234");
+
+    let err =
+        incremental_alter_configs(&secured("wrong"), "secured", &ops, Duration::from_secs(10))
+            .await
+            .unwrap_err();
+    assert!(
+        matches!(err, AlterError::Refused { code: 58, .. }),
+        "{err:?}"
+    );
+    assert!(
+        err.to_string().contains("Invalid username or password"),
+        "{err}"
+    );
+
+    // A CA that did not sign the listener's certificate: the handshake fails, nothing is sent.
+    let other_ca = eventstream_testkit::postgres::TestCa::new("other").unwrap();
+    let mut untrusted = secured("s3cret");
+    untrusted.ca_pem = Some(other_ca.cert_pem());
+    let err = incremental_alter_configs(&untrusted, "secured", &ops, Duration::from_secs(10))
+        .await
+        .unwrap_err();
+    assert!(err.to_string().contains("TLS handshake failed"), "{err}");
 }

@@ -136,7 +136,10 @@ pub async fn run(mut config: OperatorConfig, opts: RunOptions) -> anyhow::Result
 
     if let Some((ns, name)) = &opts.lease {
         let (tx, mut rx) = tokio::sync::watch::channel(false);
-        let elector = crate::leader::LeaderElector::new(client.clone(), ns, name, &opts.identity);
+        // Its own client: no retries, short timeouts (see `leader`), unlike the controller's.
+        let timing = crate::leader::Timing::default();
+        let lease_client = crate::leader::lease_client(kube::Config::infer().await?, &timing)?;
+        let elector = crate::leader::LeaderElector::new(lease_client, ns, name, &opts.identity);
         tokio::spawn(elector.run(tx));
         tracing::info!(lease = %format!("{ns}/{name}"), identity = %opts.identity, "waiting for leadership");
         rx.wait_for(|l| *l).await?;
