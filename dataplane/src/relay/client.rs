@@ -294,13 +294,6 @@ impl Client {
         self.space.notify_waiters();
     }
 
-    /// Offers a live record to subscription `name` and wakes the writer. Never waits.
-    pub fn offer(&self, name: &Arc<str>, record: &Arc<Record>) {
-        if self.enqueue(name, record) {
-            self.notify.notify_one();
-        }
-    }
-
     /// Offers a live record without waking the writer: returns `true` when the caller must
     /// call [`wake`](Self::wake) once it has offered its whole batch (the first offer since the
     /// last wake). Waking once per batch lets the writer send the batch in one flush.
@@ -585,6 +578,13 @@ mod tests {
         ))
     }
 
+    /// What the hub does with one record: offer it, wake the writer if told to.
+    fn offer(c: &Client, name: &Arc<str>, record: &Arc<Record>) {
+        if c.offer_deferred(name, record) {
+            c.wake();
+        }
+    }
+
     fn offsets(items: &[Outbound]) -> Vec<i64> {
         items
             .iter()
@@ -601,7 +601,7 @@ mod tests {
         let name: Arc<str> = "c".into();
         c.add_subscription(name.clone(), false, Positions::new());
         for o in 0..10 {
-            c.offer(&name, &rec(0, o));
+            offer(&c, &name, &rec(0, o));
         }
         let d = c.drain();
         assert_eq!(offsets(&d.items), [7, 8, 9]);
@@ -619,7 +619,7 @@ mod tests {
         let name: Arc<str> = "c".into();
         c.add_subscription(name.clone(), false, Positions::new());
         for o in 0..3 {
-            c.offer(&name, &rec(0, o));
+            offer(&c, &name, &rec(0, o));
         }
         let d = c.drain();
         assert_eq!(d.closed, Some(Closed::SlowClient));
@@ -632,9 +632,9 @@ mod tests {
         let name: Arc<str> = "c".into();
         c.add_subscription(name.clone(), false, [(0, 5)].into());
         for o in 3..8 {
-            c.offer(&name, &rec(0, o));
+            offer(&c, &name, &rec(0, o));
         }
-        c.offer(&name, &rec(1, 0));
+        offer(&c, &name, &rec(1, 0));
         assert_eq!(offsets(&c.drain().items), [6, 7, 0]);
     }
 
@@ -643,8 +643,8 @@ mod tests {
         let c = Client::new(1, Encoding::Json, 10, SlowClientPolicy::DropOldest);
         let name: Arc<str> = "c".into();
         c.add_subscription(name.clone(), true, Positions::new());
-        c.offer(&name, &rec(0, 10));
-        c.offer(&name, &rec(0, 11));
+        offer(&c, &name, &rec(0, 10));
+        offer(&c, &name, &rec(0, 11));
         assert!(c.drain().items.is_empty());
         let rt = tokio::runtime::Builder::new_current_thread()
             .build()
@@ -654,7 +654,7 @@ mod tests {
             assert!(c.replay(&name, &rec(0, 9)).await);
         });
         c.finish_replay(&name, WireFrame::Text("subscribed".into()));
-        c.offer(&name, &rec(0, 12));
+        offer(&c, &name, &rec(0, 12));
         let items = c.drain().items;
         assert_eq!(offsets(&items), [8, 9, 10, 11, 12]);
         assert!(
@@ -679,10 +679,10 @@ mod tests {
         let b: Arc<str> = "b".into();
         c.add_subscription(a.clone(), false, Positions::new());
         c.add_subscription(b.clone(), false, Positions::new());
-        c.offer(&a, &rec(0, 1));
-        c.offer(&b, &rec(0, 1));
+        offer(&c, &a, &rec(0, 1));
+        offer(&c, &b, &rec(0, 1));
         c.remove_subscription("a");
-        c.offer(&a, &rec(0, 2));
+        offer(&c, &a, &rec(0, 2));
         let items = c.drain().items;
         assert_eq!(items.len(), 1);
     }
@@ -714,7 +714,7 @@ mod tests {
             "one wake per batch"
         );
         c.wake();
-        c.offer(&name, &rec(0, 9));
+        offer(&c, &name, &rec(0, 9));
         assert_eq!(
             shape(&c.drain().items),
             ["event 0:4", "gap {0: 5}..{0: 9} Retention", "event 0:9"]
@@ -727,9 +727,9 @@ mod tests {
         let name: Arc<str> = "c".into();
         // The client saw up to offset 6: the gap starts after it.
         c.add_subscription(name.clone(), true, [(0, 6)].into());
-        c.offer(&name, &rec(0, 10));
+        offer(&c, &name, &rec(0, 10));
         c.offer_gap(&name, 0, 5, 20, GapKind::Retention);
-        c.offer(&name, &rec(0, 20));
+        offer(&c, &name, &rec(0, 20));
         assert!(c.drain().items.is_empty(), "held while replaying");
         c.finish_replay(&name, WireFrame::Text("subscribed".into()));
         assert_eq!(
@@ -757,7 +757,7 @@ mod tests {
         let (full, replaying): (Arc<str>, Arc<str>) = ("full".into(), "replaying".into());
         c.add_subscription(full.clone(), false, Positions::new());
         c.add_subscription(replaying.clone(), true, Positions::new());
-        c.offer(&full, &rec(0, 1));
+        offer(&c, &full, &rec(0, 1));
         let rt = tokio::runtime::Builder::new_current_thread()
             .enable_time()
             .build()

@@ -127,11 +127,6 @@ impl Hub {
         self.partitions.read().clone()
     }
 
-    /// Offers `record` to the subscribers of its channel and of `*`.
-    pub fn publish(&self, record: &Arc<Record>) {
-        self.publish_batch(std::slice::from_ref(record));
-    }
-
     /// Offers `records` (in order) to their subscribers, waking each touched client once at
     /// the end so that its writer sends the whole batch with one flush.
     pub fn publish_batch(&self, records: &[Arc<Record>]) {
@@ -350,9 +345,9 @@ mod tests {
             .expect("new");
         hub.subscribe(&all, &"*".into(), false, Positions::new())
             .expect("new");
-        hub.publish(&rec("a", 0, 0));
-        hub.publish(&rec("b", 1, 0));
-        hub.publish(&rec("a", 0, 1));
+        hub.publish_batch(&[rec("a", 0, 0)]);
+        hub.publish_batch(&[rec("b", 1, 0)]);
+        hub.publish_batch(&[rec("a", 0, 1)]);
         assert_eq!(events(&a), [("a".into(), 0, 0), ("a".into(), 0, 1)]);
         assert_eq!(events(&b), [("b".into(), 1, 0)]);
         assert_eq!(events(&all).len(), 3);
@@ -363,14 +358,14 @@ mod tests {
     fn registration_positions_split_history_from_live() {
         let hub = Hub::new(false);
         hub.add_partitions(&[(0, 100)].into());
-        hub.publish(&rec("a", 0, 100));
-        hub.publish(&rec("z", 0, 101));
+        hub.publish_batch(&[rec("a", 0, 100)]);
+        hub.publish_batch(&[rec("z", 0, 101)]);
         let c = client(1);
         let reg = hub
             .subscribe(&c, &"*".into(), true, Positions::new())
             .expect("new");
         assert_eq!(reg.positions, [(0, 102)].into());
-        hub.publish(&rec("a", 0, 102));
+        hub.publish_batch(&[rec("a", 0, 102)]);
         // Held while replaying, nothing queued yet.
         assert!(events(&c).is_empty());
     }
@@ -379,12 +374,12 @@ mod tests {
     fn snapshot_is_sent_first() {
         let hub = Hub::new(true);
         hub.add_partitions(&[(0, 0)].into());
-        hub.publish(&rec("a", 0, 0));
-        hub.publish(&rec("a", 0, 1));
+        hub.publish_batch(&[rec("a", 0, 0)]);
+        hub.publish_batch(&[rec("a", 0, 1)]);
         let c = client(1);
         hub.subscribe(&c, &"a".into(), false, Positions::new())
             .expect("new");
-        hub.publish(&rec("a", 0, 2));
+        hub.publish_batch(&[rec("a", 0, 2)]);
         let items = c.drain().items;
         assert_eq!(items.len(), 3, "snapshot, subscribed, live");
         let Outbound::Control(crate::relay::record::WireFrame::Text(t)) = &items[0] else {
@@ -406,8 +401,8 @@ mod tests {
         let d = client(2);
         hub.subscribe(&d, &Arc::from("a"), false, Positions::new())
             .expect("new");
-        hub.publish(&rec("a", 0, 0));
-        hub.publish(&rec("b", 0, 1));
+        hub.publish_batch(&[rec("a", 0, 0)]);
+        hub.publish_batch(&[rec("b", 0, 1)]);
         assert_eq!(
             events(&c),
             [
@@ -420,12 +415,12 @@ mod tests {
         assert_eq!(events(&d), [("a".into(), 0, 0)]);
         // The inline (first) subscription goes and comes back.
         assert!(hub.unsubscribe(&c, "a"));
-        hub.publish(&rec("a", 0, 2));
+        hub.publish_batch(&[rec("a", 0, 2)]);
         assert_eq!(events(&c), [("*".into(), 0, 2)]);
         assert_eq!(events(&d), [("a".into(), 0, 2)]);
         hub.subscribe(&c, &"a".into(), false, Positions::new())
             .expect("again");
-        hub.publish(&rec("a", 0, 3));
+        hub.publish_batch(&[rec("a", 0, 3)]);
         assert_eq!(events(&c), [("a".into(), 0, 3), ("*".into(), 0, 3)]);
         assert_eq!(c.subscription_count(), 3);
     }
@@ -444,7 +439,7 @@ mod tests {
         );
         assert!(hub.unsubscribe(&c, "a"));
         assert!(!hub.unsubscribe(&c, "a"));
-        hub.publish(&rec("a", 0, 0));
+        hub.publish_batch(&[rec("a", 0, 0)]);
         assert!(events(&c).is_empty());
         assert_eq!(hub.subscription_count(), 0);
     }
@@ -459,7 +454,7 @@ mod tests {
         }
         hub.remove_client(&clients[1]);
         hub.remove_client(&clients[3]);
-        hub.publish(&rec("a", 0, 7));
+        hub.publish_batch(&[rec("a", 0, 7)]);
         for (i, c) in clients.iter().enumerate() {
             let got = events(c);
             assert_eq!(got.len(), usize::from(i != 1 && i != 3), "client {i}");
@@ -480,9 +475,9 @@ mod tests {
         for c in [&a, &b, &all] {
             c.drain();
         }
-        hub.publish(&rec("a", 0, 4));
+        hub.publish_batch(&[rec("a", 0, 4)]);
         assert_eq!(hub.publish_gap(0, 5, 40), 3);
-        hub.publish(&rec("a", 0, 40));
+        hub.publish_batch(&[rec("a", 0, 40)]);
         let gap = |c: &Client| {
             c.drain()
                 .items
