@@ -21,7 +21,7 @@ use parking_lot::{Mutex, RwLock};
 
 use super::channel::ALL;
 use super::client::Client;
-use super::protocol::{self, GapKind, Positions};
+use super::protocol::{self, Control, GapKind, Positions, SubscribeOptions};
 use super::record::Record;
 
 /// Number of channel shards.
@@ -200,16 +200,15 @@ impl Hub {
         told
     }
 
-    /// Registers `client` on `name`. With `replaying`, live records are held by the client until
-    /// its replay ends; without, the snapshot (if enabled) and `subscribed` are queued now, inside
-    /// the shard lock, so they precede every live record.
+    /// Registers `client` on the channel of `options`. With `since` (a resume), live records are
+    /// held by the client until its replay ends; without, the snapshot (if enabled) and
+    /// `subscribed` are queued now, inside the shard lock, so they precede every live record.
     pub fn subscribe(
         &self,
         client: &Arc<Client>,
-        name: &Arc<str>,
-        replaying: bool,
-        floor: Positions,
+        options: &SubscribeOptions,
     ) -> Option<Registered> {
+        let name = &options.channel;
         let mut shard = self.shard(name).lock();
         // One `Arc<str>` per channel, shared by every subscriber and passed back on every
         // offer, so that a client finds its subscription by pointer.
@@ -226,13 +225,12 @@ impl Hub {
             return None;
         }
         self.subscriptions.fetch_add(1, Ordering::Relaxed);
-        let fresh = floor.is_empty();
-        client.add_subscription(canonical, replaying, floor);
+        client.add_subscription(canonical, options);
         let positions = shard.positions.clone();
-        if !replaying {
-            if fresh && let Some(last) = shard.last.get(&**name) {
+        if options.since.is_none() {
+            if let Some(last) = shard.last.get(&**name) {
                 // The snapshot record is below `positions`, so it never repeats a live one.
-                client.control(last.frame(name, client.encoding));
+                client.control(Control::snapshot(last.frame(name, client.encoding)));
             }
             client.control(protocol::subscribed(client.encoding, name, &positions));
         }
@@ -339,11 +337,9 @@ mod tests {
         let hub = Hub::new(false);
         hub.add_partitions(&[(0, 0), (1, 0)].into());
         let (a, b, all) = (client(1), client(2), client(3));
-        hub.subscribe(&a, &"a".into(), false, Positions::new())
-            .expect("new");
-        hub.subscribe(&b, &"b".into(), false, Positions::new())
-            .expect("new");
-        hub.subscribe(&all, &"*".into(), false, Positions::new())
+        hub.subscribe(&a, &SubscribeOptions::new("a")).expect("new");
+        hub.subscribe(&b, &SubscribeOptions::new("b")).expect("new");
+        hub.subscribe(&all, &SubscribeOptions::new("*"))
             .expect("new");
         hub.publish_batch(&[rec("a", 0, 0)]);
         hub.publish_batch(&[rec("b", 1, 0)]);
@@ -362,7 +358,7 @@ mod tests {
         hub.publish_batch(&[rec("z", 0, 101)]);
         let c = client(1);
         let reg = hub
-            .subscribe(&c, &"*".into(), true, Positions::new())
+            .subscribe(&c, &SubscribeOptions::new("*").since(Positions::new()))
             .expect("new");
         assert_eq!(reg.positions, [(0, 102)].into());
         hub.publish_batch(&[rec("a", 0, 102)]);
@@ -377,12 +373,15 @@ mod tests {
         hub.publish_batch(&[rec("a", 0, 0)]);
         hub.publish_batch(&[rec("a", 0, 1)]);
         let c = client(1);
-        hub.subscribe(&c, &"a".into(), false, Positions::new())
-            .expect("new");
+        hub.subscribe(&c, &SubscribeOptions::new("a")).expect("new");
         hub.publish_batch(&[rec("a", 0, 2)]);
         let items = c.drain().items;
         assert_eq!(items.len(), 3, "snapshot, subscribed, live");
-        let Outbound::Control(crate::relay::record::WireFrame::Text(t)) = &items[0] else {
+        let Outbound::Control(Control {
+            kind: protocol::ControlKind::Snapshot,
+            frame: crate::relay::record::WireFrame::Text(t),
+        }) = &items[0]
+        else {
             panic!("snapshot first")
         };
         assert!(t.as_str().contains(r#""offset":1"#), "{}", t.as_str());
@@ -394,12 +393,12 @@ mod tests {
         hub.add_partitions(&[(0, 0)].into());
         let c = client(1);
         for name in ["a", "b", "*"] {
-            hub.subscribe(&c, &name.into(), false, Positions::new())
+            hub.subscribe(&c, &SubscribeOptions::new(name))
                 .expect("new");
         }
         // Another subscriber of `a`, registering its own `Arc<str>`.
         let d = client(2);
-        hub.subscribe(&d, &Arc::from("a"), false, Positions::new())
+        hub.subscribe(&d, &SubscribeOptions::new(Arc::<str>::from("a")))
             .expect("new");
         hub.publish_batch(&[rec("a", 0, 0)]);
         hub.publish_batch(&[rec("b", 0, 1)]);
@@ -418,7 +417,7 @@ mod tests {
         hub.publish_batch(&[rec("a", 0, 2)]);
         assert_eq!(events(&c), [("*".into(), 0, 2)]);
         assert_eq!(events(&d), [("a".into(), 0, 2)]);
-        hub.subscribe(&c, &"a".into(), false, Positions::new())
+        hub.subscribe(&c, &SubscribeOptions::new("a"))
             .expect("again");
         hub.publish_batch(&[rec("a", 0, 3)]);
         assert_eq!(events(&c), [("a".into(), 0, 3), ("*".into(), 0, 3)]);
@@ -429,14 +428,8 @@ mod tests {
     fn double_subscribe_and_unsubscribe() {
         let hub = Hub::new(false);
         let c = client(1);
-        assert!(
-            hub.subscribe(&c, &"a".into(), false, Positions::new())
-                .is_some()
-        );
-        assert!(
-            hub.subscribe(&c, &"a".into(), false, Positions::new())
-                .is_none()
-        );
+        assert!(hub.subscribe(&c, &SubscribeOptions::new("a")).is_some());
+        assert!(hub.subscribe(&c, &SubscribeOptions::new("a")).is_none());
         assert!(hub.unsubscribe(&c, "a"));
         assert!(!hub.unsubscribe(&c, "a"));
         hub.publish_batch(&[rec("a", 0, 0)]);
@@ -449,8 +442,7 @@ mod tests {
         let hub = Hub::new(false);
         let clients: Vec<_> = (0..5).map(client).collect();
         for c in &clients {
-            hub.subscribe(c, &"a".into(), false, Positions::new())
-                .expect("new");
+            hub.subscribe(c, &SubscribeOptions::new("a")).expect("new");
         }
         hub.remove_client(&clients[1]);
         hub.remove_client(&clients[3]);
@@ -466,11 +458,9 @@ mod tests {
         let hub = Hub::new(false);
         hub.add_partitions(&[(0, 0), (1, 0)].into());
         let (a, b, all) = (client(1), client(2), client(3));
-        hub.subscribe(&a, &"a".into(), false, Positions::new())
-            .expect("new");
-        hub.subscribe(&b, &"b".into(), false, Positions::new())
-            .expect("new");
-        hub.subscribe(&all, &"*".into(), false, Positions::new())
+        hub.subscribe(&a, &SubscribeOptions::new("a")).expect("new");
+        hub.subscribe(&b, &SubscribeOptions::new("b")).expect("new");
+        hub.subscribe(&all, &SubscribeOptions::new("*"))
             .expect("new");
         for c in [&a, &b, &all] {
             c.drain();
@@ -506,7 +496,7 @@ mod tests {
         // A subscription registered after the gap starts after it, on every shard.
         let late = client(4);
         let reg = hub
-            .subscribe(&late, &"zz".into(), false, Positions::new())
+            .subscribe(&late, &SubscribeOptions::new("zz"))
             .expect("new");
         assert_eq!(reg.positions[&0], 40);
     }
