@@ -20,11 +20,12 @@ use std::time::{Duration, Instant};
 use eventstream_crds::config::DataplaneConfig;
 use eventstream_crds::v1alpha1::{PayloadFormat, Timescale};
 use eventstream_dataplane::sink::batch::{Batch, Slice};
+use eventstream_dataplane::sink::connect::Endpoint;
 use eventstream_dataplane::sink::dead_letter::DeadLetters;
 use eventstream_dataplane::sink::metrics::SinkMetrics;
 use eventstream_dataplane::sink::record::{Entry, Record};
 use eventstream_dataplane::sink::schema::TableName;
-use eventstream_dataplane::sink::writer::{self, Target, Writer};
+use eventstream_dataplane::sink::writer::{Target, Writer};
 use eventstream_dataplane::sink::{SinkOptions, run_with};
 use eventstream_testkit::{MockKafka, TestPostgres};
 use tokio_util::sync::CancellationToken;
@@ -116,7 +117,7 @@ async fn bench_writer(pg: &TestPostgres, a: &Args, batch_rows: usize) -> anyhow:
         payload: PayloadFormat::Json,
         offset_reset: None,
     };
-    let mut w = Writer::new(writer::parse_url(&pg.url(), "url")?, target, dlq, metrics);
+    let mut w = Writer::new(Endpoint::parse(&pg.url(), "url")?, target, dlq, metrics);
     w.connect().await?;
     let partitions = 8;
     let mut next = vec![0i64; partitions];

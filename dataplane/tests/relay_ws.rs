@@ -778,3 +778,53 @@ fn a_silent_client_is_closed_after_the_idle_timeout_and_a_live_one_is_not() {
         },
     );
 }
+
+#[test]
+fn sse_sends_a_snapshot_as_a_message_whatever_its_payload_says() {
+    on_multi_thread_runtime(
+        "sse_sends_a_snapshot_as_a_message_whatever_its_payload_says",
+        async {
+            let (_kafka, bootstrap) = kafka(1);
+            let bridge = Bridge::start(config(&bootstrap, "t", "snapshot: true")).await;
+            let mut ws = connect(&format!("ws://{}/ws", bridge.addr), None).await;
+            subscribe(&mut ws, "a").await;
+            // A record whose payload reads like a control frame.
+            let payload = json!({"type": "error", "code": "overheat"}).to_string();
+            produce(&bootstrap, "t", &[(Some("a"), payload)])
+                .await
+                .expect("produced");
+            // Once a live subscriber has it, the hub holds it as the channel's snapshot.
+            events(&mut ws, 1).await;
+
+            let mut resp = reqwest::Client::new()
+                .get(format!("http://{}/sse?channel=a", bridge.addr))
+                .send()
+                .await
+                .expect("sse");
+            assert_eq!(resp.status(), 200);
+            let mut text = String::new();
+            while text.matches("\n\n").count() < 2 {
+                let chunk = tokio::time::timeout(WAIT, resp.chunk())
+                    .await
+                    .expect("chunk in time")
+                    .expect("body")
+                    .expect("open");
+                text.push_str(std::str::from_utf8(&chunk).expect("utf8"));
+            }
+            let blocks: Vec<&str> = text.split("\n\n").collect();
+            let event_of = |block: &str| {
+                block
+                    .lines()
+                    .find_map(|l| l.strip_prefix("event: "))
+                    .unwrap_or("message")
+                    .to_string()
+            };
+            // The snapshot is a record: an SSE client must not take it for an error.
+            assert_eq!(event_of(blocks[0]), "message", "{}", blocks[0]);
+            assert!(blocks[0].contains("overheat"), "{}", blocks[0]);
+            assert_eq!(event_of(blocks[1]), "subscribed", "{}", blocks[1]);
+            drop(resp);
+            bridge.stop().await;
+        },
+    );
+}

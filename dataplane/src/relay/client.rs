@@ -22,7 +22,7 @@ use eventstream_crds::v1alpha1::SlowClientPolicy;
 use parking_lot::Mutex;
 use tokio::sync::Notify;
 
-use super::protocol::{GapKind, Positions};
+use super::protocol::{Control, GapKind, Positions, SubscribeOptions};
 use super::record::{Encoding, Record, WireFrame};
 
 /// Most control frames queued before the client is considered not reading.
@@ -56,7 +56,7 @@ pub enum Outbound {
         frame: WireFrame,
     },
     /// A control frame.
-    Control(WireFrame),
+    Control(Control),
     /// Missed range of a subscription: from the drop policy (`slow_client`, reported first) or
     /// from the hub (`retention`, in order with the records).
     Gap {
@@ -104,6 +104,24 @@ struct Subscription {
     /// Per partition, the last offset the client has already seen (from `since`): records at
     /// or below it are not delivered again (another replica may have delivered them).
     floor: Positions,
+}
+
+impl Subscription {
+    /// A subscription as the client asked for it.
+    fn new(options: &SubscribeOptions) -> Self {
+        Self {
+            pending: options.since.is_some().then(VecDeque::new),
+            floor: options.since.clone().unwrap_or_default(),
+        }
+    }
+
+    /// Whether `record` is to be delivered on this subscription. Every record offered live or
+    /// replayed passes here, so what a subscription wants is decided in this one place.
+    fn admits(&self, record: &Record) -> bool {
+        self.floor
+            .get(&record.partition)
+            .is_none_or(|seen| record.offset > *seen)
+    }
 }
 
 /// A client's subscriptions. The first one lives inline (next to the queue's lock) and is found
@@ -258,17 +276,14 @@ impl Client {
         self
     }
 
-    /// Registers a subscription; with `pending`, live records are held until
-    /// [`finish_replay`](Self::finish_replay). `floor` is the client's `since`.
-    pub fn add_subscription(&self, name: Arc<str>, pending: bool, floor: Positions) {
-        let mut st = self.state.lock();
-        st.subs.insert(
-            name,
-            Subscription {
-                pending: pending.then(VecDeque::new),
-                floor,
-            },
-        );
+    /// Registers a subscription under `name` (the hub's canonical name of its channel). With
+    /// `since`, it replays: live records are held until [`finish_replay`](Self::finish_replay),
+    /// and nothing at or below `since` is ever queued.
+    pub fn add_subscription(&self, name: Arc<str>, options: &SubscribeOptions) {
+        self.state
+            .lock()
+            .subs
+            .insert(name, Subscription::new(options));
     }
 
     /// Forgets a subscription and anything queued for it that is not yet written.
@@ -294,13 +309,6 @@ impl Client {
         self.space.notify_waiters();
     }
 
-    /// Offers a live record to subscription `name` and wakes the writer. Never waits.
-    pub fn offer(&self, name: &Arc<str>, record: &Arc<Record>) {
-        if self.enqueue(name, record) {
-            self.notify.notify_one();
-        }
-    }
-
     /// Offers a live record without waking the writer: returns `true` when the caller must
     /// call [`wake`](Self::wake) once it has offered its whole batch (the first offer since the
     /// last wake). Waking once per batch lets the writer send the batch in one flush.
@@ -323,11 +331,7 @@ impl Client {
         let Some(sub) = st.subs.get_arc_mut(name) else {
             return false;
         };
-        if sub
-            .floor
-            .get(&record.partition)
-            .is_some_and(|seen| record.offset <= *seen)
-        {
+        if !sub.admits(record) {
             return false;
         }
         if let Some(pending) = &mut sub.pending {
@@ -432,12 +436,12 @@ impl Client {
     }
 
     /// Queues a control frame (never dropped; too many unread closes the client).
-    pub fn control(&self, frame: WireFrame) {
+    pub fn control(&self, control: Control) {
         let mut st = self.state.lock();
         if st.closed.is_some() {
             return;
         }
-        st.items.push_back(Outbound::Control(frame));
+        st.items.push_back(Outbound::Control(control));
         st.controls += 1;
         if st.controls > MAX_CONTROL_FRAMES {
             st.closed = Some(Closed::NotReading);
@@ -454,16 +458,14 @@ impl Client {
             let space = self.space.notified();
             {
                 let mut st = self.state.lock();
-                if st.closed.is_some() || !st.subs.contains_key(name) {
+                let Some(sub) = st.subs.get(name) else {
+                    return false;
+                };
+                if st.closed.is_some() {
                     return false;
                 }
                 if st.events < self.capacity {
-                    if st
-                        .subs
-                        .get(name)
-                        .and_then(|s| s.floor.get(&record.partition))
-                        .is_some_and(|seen| record.offset <= *seen)
-                    {
+                    if !sub.admits(record) {
                         return true;
                     }
                     st.items.push_back(self.event(name, record));
@@ -480,7 +482,7 @@ impl Client {
 
     /// Ends the replay of `name`: queues `subscribed` (and anything in `before`, e.g. a gap),
     /// then the live records held meanwhile, and makes the subscription live.
-    pub fn finish_replay(&self, name: &Arc<str>, subscribed: WireFrame) {
+    pub fn finish_replay(&self, name: &Arc<str>, subscribed: Control) {
         let mut st = self.state.lock();
         if st.closed.is_some() {
             return;
@@ -585,6 +587,17 @@ mod tests {
         ))
     }
 
+    fn subscribed() -> Control {
+        crate::relay::protocol::subscribed(Encoding::Json, "c", &Positions::new())
+    }
+
+    /// What the hub does with one record: offer it, wake the writer if told to.
+    fn offer(c: &Client, name: &Arc<str>, record: &Arc<Record>) {
+        if c.offer_deferred(name, record) {
+            c.wake();
+        }
+    }
+
     fn offsets(items: &[Outbound]) -> Vec<i64> {
         items
             .iter()
@@ -599,9 +612,9 @@ mod tests {
     fn drop_oldest_keeps_the_newest_and_reports_the_gap() {
         let c = Client::new(1, Encoding::Json, 3, SlowClientPolicy::DropOldest);
         let name: Arc<str> = "c".into();
-        c.add_subscription(name.clone(), false, Positions::new());
+        c.add_subscription(name.clone(), &SubscribeOptions::new("c"));
         for o in 0..10 {
-            c.offer(&name, &rec(0, o));
+            offer(&c, &name, &rec(0, o));
         }
         let d = c.drain();
         assert_eq!(offsets(&d.items), [7, 8, 9]);
@@ -617,9 +630,9 @@ mod tests {
     fn disconnect_policy_closes_and_frees_the_queue() {
         let c = Client::new(1, Encoding::Json, 2, SlowClientPolicy::Disconnect);
         let name: Arc<str> = "c".into();
-        c.add_subscription(name.clone(), false, Positions::new());
+        c.add_subscription(name.clone(), &SubscribeOptions::new("c"));
         for o in 0..3 {
-            c.offer(&name, &rec(0, o));
+            offer(&c, &name, &rec(0, o));
         }
         let d = c.drain();
         assert_eq!(d.closed, Some(Closed::SlowClient));
@@ -630,11 +643,17 @@ mod tests {
     fn floor_skips_what_the_client_has_seen() {
         let c = Client::new(1, Encoding::Json, 10, SlowClientPolicy::DropOldest);
         let name: Arc<str> = "c".into();
-        c.add_subscription(name.clone(), false, [(0, 5)].into());
+        c.add_subscription(
+            name.clone(),
+            &SubscribeOptions::new("c").since([(0, 5)].into()),
+        );
+        // Nothing to replay (the client is ahead): the subscription goes live at once, and
+        // its `since` still holds back what the client has seen.
+        c.finish_replay(&name, subscribed());
         for o in 3..8 {
-            c.offer(&name, &rec(0, o));
+            offer(&c, &name, &rec(0, o));
         }
-        c.offer(&name, &rec(1, 0));
+        offer(&c, &name, &rec(1, 0));
         assert_eq!(offsets(&c.drain().items), [6, 7, 0]);
     }
 
@@ -642,9 +661,12 @@ mod tests {
     fn pending_subscriptions_hold_live_records_until_replay_ends() {
         let c = Client::new(1, Encoding::Json, 10, SlowClientPolicy::DropOldest);
         let name: Arc<str> = "c".into();
-        c.add_subscription(name.clone(), true, Positions::new());
-        c.offer(&name, &rec(0, 10));
-        c.offer(&name, &rec(0, 11));
+        c.add_subscription(
+            name.clone(),
+            &SubscribeOptions::new("c").since(Positions::new()),
+        );
+        offer(&c, &name, &rec(0, 10));
+        offer(&c, &name, &rec(0, 11));
         assert!(c.drain().items.is_empty());
         let rt = tokio::runtime::Builder::new_current_thread()
             .build()
@@ -653,8 +675,8 @@ mod tests {
             assert!(c.replay(&name, &rec(0, 8)).await);
             assert!(c.replay(&name, &rec(0, 9)).await);
         });
-        c.finish_replay(&name, WireFrame::Text("subscribed".into()));
-        c.offer(&name, &rec(0, 12));
+        c.finish_replay(&name, subscribed());
+        offer(&c, &name, &rec(0, 12));
         let items = c.drain().items;
         assert_eq!(offsets(&items), [8, 9, 10, 11, 12]);
         assert!(
@@ -667,7 +689,7 @@ mod tests {
     fn unread_control_frames_close_the_client() {
         let c = Client::new(1, Encoding::Json, 10, SlowClientPolicy::DropOldest);
         for _ in 0..=MAX_CONTROL_FRAMES {
-            c.control(WireFrame::Text("pong".into()));
+            c.control(crate::relay::protocol::pong(Encoding::Json, None));
         }
         assert_eq!(c.closed(), Some(Closed::NotReading));
     }
@@ -677,12 +699,12 @@ mod tests {
         let c = Client::new(1, Encoding::Json, 10, SlowClientPolicy::DropOldest);
         let a: Arc<str> = "a".into();
         let b: Arc<str> = "b".into();
-        c.add_subscription(a.clone(), false, Positions::new());
-        c.add_subscription(b.clone(), false, Positions::new());
-        c.offer(&a, &rec(0, 1));
-        c.offer(&b, &rec(0, 1));
+        c.add_subscription(a.clone(), &SubscribeOptions::new("a"));
+        c.add_subscription(b.clone(), &SubscribeOptions::new("b"));
+        offer(&c, &a, &rec(0, 1));
+        offer(&c, &b, &rec(0, 1));
         c.remove_subscription("a");
-        c.offer(&a, &rec(0, 2));
+        offer(&c, &a, &rec(0, 2));
         let items = c.drain().items;
         assert_eq!(items.len(), 1);
     }
@@ -707,14 +729,14 @@ mod tests {
     fn a_retention_gap_keeps_its_place_among_the_records() {
         let c = Client::new(1, Encoding::Json, 10, SlowClientPolicy::DropOldest);
         let name: Arc<str> = "c".into();
-        c.add_subscription(name.clone(), false, Positions::new());
+        c.add_subscription(name.clone(), &SubscribeOptions::new("c"));
         assert!(c.offer_deferred(&name, &rec(0, 4)));
         assert!(
             !c.offer_gap(&name, 0, 5, 9, GapKind::Retention),
             "one wake per batch"
         );
         c.wake();
-        c.offer(&name, &rec(0, 9));
+        offer(&c, &name, &rec(0, 9));
         assert_eq!(
             shape(&c.drain().items),
             ["event 0:4", "gap {0: 5}..{0: 9} Retention", "event 0:9"]
@@ -726,12 +748,15 @@ mod tests {
         let c = Client::new(1, Encoding::Json, 10, SlowClientPolicy::DropOldest);
         let name: Arc<str> = "c".into();
         // The client saw up to offset 6: the gap starts after it.
-        c.add_subscription(name.clone(), true, [(0, 6)].into());
-        c.offer(&name, &rec(0, 10));
+        c.add_subscription(
+            name.clone(),
+            &SubscribeOptions::new("c").since([(0, 6)].into()),
+        );
+        offer(&c, &name, &rec(0, 10));
         c.offer_gap(&name, 0, 5, 20, GapKind::Retention);
-        c.offer(&name, &rec(0, 20));
+        offer(&c, &name, &rec(0, 20));
         assert!(c.drain().items.is_empty(), "held while replaying");
-        c.finish_replay(&name, WireFrame::Text("subscribed".into()));
+        c.finish_replay(&name, subscribed());
         assert_eq!(
             shape(&c.drain().items),
             [
@@ -755,9 +780,12 @@ mod tests {
             SlowClientPolicy::DropOldest,
         ));
         let (full, replaying): (Arc<str>, Arc<str>) = ("full".into(), "replaying".into());
-        c.add_subscription(full.clone(), false, Positions::new());
-        c.add_subscription(replaying.clone(), true, Positions::new());
-        c.offer(&full, &rec(0, 1));
+        c.add_subscription(full.clone(), &SubscribeOptions::new("full"));
+        c.add_subscription(
+            replaying.clone(),
+            &SubscribeOptions::new("replaying").since(Positions::new()),
+        );
+        offer(&c, &full, &rec(0, 1));
         let rt = tokio::runtime::Builder::new_current_thread()
             .enable_time()
             .build()

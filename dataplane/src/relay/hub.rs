@@ -21,7 +21,7 @@ use parking_lot::{Mutex, RwLock};
 
 use super::channel::ALL;
 use super::client::Client;
-use super::protocol::{self, GapKind, Positions};
+use super::protocol::{self, Control, GapKind, Positions, SubscribeOptions};
 use super::record::Record;
 
 /// Number of channel shards.
@@ -127,11 +127,6 @@ impl Hub {
         self.partitions.read().clone()
     }
 
-    /// Offers `record` to the subscribers of its channel and of `*`.
-    pub fn publish(&self, record: &Arc<Record>) {
-        self.publish_batch(std::slice::from_ref(record));
-    }
-
     /// Offers `records` (in order) to their subscribers, waking each touched client once at
     /// the end so that its writer sends the whole batch with one flush.
     pub fn publish_batch(&self, records: &[Arc<Record>]) {
@@ -205,16 +200,15 @@ impl Hub {
         told
     }
 
-    /// Registers `client` on `name`. With `replaying`, live records are held by the client until
-    /// its replay ends; without, the snapshot (if enabled) and `subscribed` are queued now, inside
-    /// the shard lock, so they precede every live record.
+    /// Registers `client` on the channel of `options`. With `since` (a resume), live records are
+    /// held by the client until its replay ends; without, the snapshot (if enabled) and
+    /// `subscribed` are queued now, inside the shard lock, so they precede every live record.
     pub fn subscribe(
         &self,
         client: &Arc<Client>,
-        name: &Arc<str>,
-        replaying: bool,
-        floor: Positions,
+        options: &SubscribeOptions,
     ) -> Option<Registered> {
+        let name = &options.channel;
         let mut shard = self.shard(name).lock();
         // One `Arc<str>` per channel, shared by every subscriber and passed back on every
         // offer, so that a client finds its subscription by pointer.
@@ -231,13 +225,12 @@ impl Hub {
             return None;
         }
         self.subscriptions.fetch_add(1, Ordering::Relaxed);
-        let fresh = floor.is_empty();
-        client.add_subscription(canonical, replaying, floor);
+        client.add_subscription(canonical, options);
         let positions = shard.positions.clone();
-        if !replaying {
-            if fresh && let Some(last) = shard.last.get(&**name) {
+        if options.since.is_none() {
+            if let Some(last) = shard.last.get(&**name) {
                 // The snapshot record is below `positions`, so it never repeats a live one.
-                client.control(last.frame(name, client.encoding));
+                client.control(Control::snapshot(last.frame(name, client.encoding)));
             }
             client.control(protocol::subscribed(client.encoding, name, &positions));
         }
@@ -344,15 +337,13 @@ mod tests {
         let hub = Hub::new(false);
         hub.add_partitions(&[(0, 0), (1, 0)].into());
         let (a, b, all) = (client(1), client(2), client(3));
-        hub.subscribe(&a, &"a".into(), false, Positions::new())
+        hub.subscribe(&a, &SubscribeOptions::new("a")).expect("new");
+        hub.subscribe(&b, &SubscribeOptions::new("b")).expect("new");
+        hub.subscribe(&all, &SubscribeOptions::new("*"))
             .expect("new");
-        hub.subscribe(&b, &"b".into(), false, Positions::new())
-            .expect("new");
-        hub.subscribe(&all, &"*".into(), false, Positions::new())
-            .expect("new");
-        hub.publish(&rec("a", 0, 0));
-        hub.publish(&rec("b", 1, 0));
-        hub.publish(&rec("a", 0, 1));
+        hub.publish_batch(&[rec("a", 0, 0)]);
+        hub.publish_batch(&[rec("b", 1, 0)]);
+        hub.publish_batch(&[rec("a", 0, 1)]);
         assert_eq!(events(&a), [("a".into(), 0, 0), ("a".into(), 0, 1)]);
         assert_eq!(events(&b), [("b".into(), 1, 0)]);
         assert_eq!(events(&all).len(), 3);
@@ -363,14 +354,14 @@ mod tests {
     fn registration_positions_split_history_from_live() {
         let hub = Hub::new(false);
         hub.add_partitions(&[(0, 100)].into());
-        hub.publish(&rec("a", 0, 100));
-        hub.publish(&rec("z", 0, 101));
+        hub.publish_batch(&[rec("a", 0, 100)]);
+        hub.publish_batch(&[rec("z", 0, 101)]);
         let c = client(1);
         let reg = hub
-            .subscribe(&c, &"*".into(), true, Positions::new())
+            .subscribe(&c, &SubscribeOptions::new("*").since(Positions::new()))
             .expect("new");
         assert_eq!(reg.positions, [(0, 102)].into());
-        hub.publish(&rec("a", 0, 102));
+        hub.publish_batch(&[rec("a", 0, 102)]);
         // Held while replaying, nothing queued yet.
         assert!(events(&c).is_empty());
     }
@@ -379,15 +370,18 @@ mod tests {
     fn snapshot_is_sent_first() {
         let hub = Hub::new(true);
         hub.add_partitions(&[(0, 0)].into());
-        hub.publish(&rec("a", 0, 0));
-        hub.publish(&rec("a", 0, 1));
+        hub.publish_batch(&[rec("a", 0, 0)]);
+        hub.publish_batch(&[rec("a", 0, 1)]);
         let c = client(1);
-        hub.subscribe(&c, &"a".into(), false, Positions::new())
-            .expect("new");
-        hub.publish(&rec("a", 0, 2));
+        hub.subscribe(&c, &SubscribeOptions::new("a")).expect("new");
+        hub.publish_batch(&[rec("a", 0, 2)]);
         let items = c.drain().items;
         assert_eq!(items.len(), 3, "snapshot, subscribed, live");
-        let Outbound::Control(crate::relay::record::WireFrame::Text(t)) = &items[0] else {
+        let Outbound::Control(Control {
+            kind: protocol::ControlKind::Snapshot,
+            frame: crate::relay::record::WireFrame::Text(t),
+        }) = &items[0]
+        else {
             panic!("snapshot first")
         };
         assert!(t.as_str().contains(r#""offset":1"#), "{}", t.as_str());
@@ -399,15 +393,15 @@ mod tests {
         hub.add_partitions(&[(0, 0)].into());
         let c = client(1);
         for name in ["a", "b", "*"] {
-            hub.subscribe(&c, &name.into(), false, Positions::new())
+            hub.subscribe(&c, &SubscribeOptions::new(name))
                 .expect("new");
         }
         // Another subscriber of `a`, registering its own `Arc<str>`.
         let d = client(2);
-        hub.subscribe(&d, &Arc::from("a"), false, Positions::new())
+        hub.subscribe(&d, &SubscribeOptions::new(Arc::<str>::from("a")))
             .expect("new");
-        hub.publish(&rec("a", 0, 0));
-        hub.publish(&rec("b", 0, 1));
+        hub.publish_batch(&[rec("a", 0, 0)]);
+        hub.publish_batch(&[rec("b", 0, 1)]);
         assert_eq!(
             events(&c),
             [
@@ -420,12 +414,12 @@ mod tests {
         assert_eq!(events(&d), [("a".into(), 0, 0)]);
         // The inline (first) subscription goes and comes back.
         assert!(hub.unsubscribe(&c, "a"));
-        hub.publish(&rec("a", 0, 2));
+        hub.publish_batch(&[rec("a", 0, 2)]);
         assert_eq!(events(&c), [("*".into(), 0, 2)]);
         assert_eq!(events(&d), [("a".into(), 0, 2)]);
-        hub.subscribe(&c, &"a".into(), false, Positions::new())
+        hub.subscribe(&c, &SubscribeOptions::new("a"))
             .expect("again");
-        hub.publish(&rec("a", 0, 3));
+        hub.publish_batch(&[rec("a", 0, 3)]);
         assert_eq!(events(&c), [("a".into(), 0, 3), ("*".into(), 0, 3)]);
         assert_eq!(c.subscription_count(), 3);
     }
@@ -434,17 +428,11 @@ mod tests {
     fn double_subscribe_and_unsubscribe() {
         let hub = Hub::new(false);
         let c = client(1);
-        assert!(
-            hub.subscribe(&c, &"a".into(), false, Positions::new())
-                .is_some()
-        );
-        assert!(
-            hub.subscribe(&c, &"a".into(), false, Positions::new())
-                .is_none()
-        );
+        assert!(hub.subscribe(&c, &SubscribeOptions::new("a")).is_some());
+        assert!(hub.subscribe(&c, &SubscribeOptions::new("a")).is_none());
         assert!(hub.unsubscribe(&c, "a"));
         assert!(!hub.unsubscribe(&c, "a"));
-        hub.publish(&rec("a", 0, 0));
+        hub.publish_batch(&[rec("a", 0, 0)]);
         assert!(events(&c).is_empty());
         assert_eq!(hub.subscription_count(), 0);
     }
@@ -454,12 +442,11 @@ mod tests {
         let hub = Hub::new(false);
         let clients: Vec<_> = (0..5).map(client).collect();
         for c in &clients {
-            hub.subscribe(c, &"a".into(), false, Positions::new())
-                .expect("new");
+            hub.subscribe(c, &SubscribeOptions::new("a")).expect("new");
         }
         hub.remove_client(&clients[1]);
         hub.remove_client(&clients[3]);
-        hub.publish(&rec("a", 0, 7));
+        hub.publish_batch(&[rec("a", 0, 7)]);
         for (i, c) in clients.iter().enumerate() {
             let got = events(c);
             assert_eq!(got.len(), usize::from(i != 1 && i != 3), "client {i}");
@@ -471,18 +458,16 @@ mod tests {
         let hub = Hub::new(false);
         hub.add_partitions(&[(0, 0), (1, 0)].into());
         let (a, b, all) = (client(1), client(2), client(3));
-        hub.subscribe(&a, &"a".into(), false, Positions::new())
-            .expect("new");
-        hub.subscribe(&b, &"b".into(), false, Positions::new())
-            .expect("new");
-        hub.subscribe(&all, &"*".into(), false, Positions::new())
+        hub.subscribe(&a, &SubscribeOptions::new("a")).expect("new");
+        hub.subscribe(&b, &SubscribeOptions::new("b")).expect("new");
+        hub.subscribe(&all, &SubscribeOptions::new("*"))
             .expect("new");
         for c in [&a, &b, &all] {
             c.drain();
         }
-        hub.publish(&rec("a", 0, 4));
+        hub.publish_batch(&[rec("a", 0, 4)]);
         assert_eq!(hub.publish_gap(0, 5, 40), 3);
-        hub.publish(&rec("a", 0, 40));
+        hub.publish_batch(&[rec("a", 0, 40)]);
         let gap = |c: &Client| {
             c.drain()
                 .items
@@ -511,7 +496,7 @@ mod tests {
         // A subscription registered after the gap starts after it, on every shard.
         let late = client(4);
         let reg = hub
-            .subscribe(&late, &"zz".into(), false, Positions::new())
+            .subscribe(&late, &SubscribeOptions::new("zz"))
             .expect("new");
         assert_eq!(reg.positions[&0], 40);
     }

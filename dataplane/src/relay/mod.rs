@@ -7,7 +7,10 @@
 //! - [`hub`]: sharded subscriptions and delivery; never waits on a client.
 //! - [`consumer`]: the assign-all-partitions Kafka consumer feeding the hub.
 //! - [`replay`]: resume from Kafka with no gap and no duplicate.
-//! - [`ws`], [`sse`]: the two transports; [`metrics`]: their Prometheus metrics.
+//! - [`session`]: one client session whatever its transport: admission, requests and
+//!   subscriptions ([`protocol::SubscribeOptions`] from transport to hub to client), delivery
+//!   accounting.
+//! - [`ws`], [`sse`]: the two transports, each only its wire; [`metrics`]: Prometheus metrics.
 
 pub mod channel;
 pub mod client;
@@ -17,6 +20,7 @@ pub mod metrics;
 pub mod protocol;
 pub mod record;
 pub mod replay;
+pub mod session;
 pub mod sse;
 pub mod ws;
 

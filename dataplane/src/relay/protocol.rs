@@ -1,7 +1,14 @@
 //! WebSocket protocol v1 (see `docs/protocol.md`): parsing client frames in both encodings and
-//! encoding the server's control frames (`subscribed`, `gap`, `error`, `pong`). Pure.
+//! encoding the server's control frames (`subscribed`, `gap`, `error`, `pong`), each carried
+//! with its [`ControlKind`]. Pure.
+//!
+//! [`SubscribeOptions`] is what a client asks for when it subscribes, whatever the transport:
+//! the one value that travels from the transport through the session and the hub to the
+//! client's queue, so a new per-subscription option is a field there and its use where the
+//! client admits records.
 
 use std::collections::BTreeMap;
+use std::sync::Arc;
 
 use eventstream_proto::prost::Message;
 use eventstream_proto::v1::{self as pb, ClientFrame, GapReason, ServerFrame, client_frame};
@@ -12,17 +19,37 @@ use super::record::{Encoding, WireFrame};
 /// Positions per partition: the offset of a record, or the next offset to read, by context.
 pub type Positions = BTreeMap<i32, i64>;
 
+/// What a client asks for when it subscribes (see the module docs).
+#[derive(Debug, Clone, PartialEq)]
+pub struct SubscribeOptions {
+    /// Channel name or `*`.
+    pub channel: Arc<str>,
+    /// Last seen offset per partition: resume after these positions (replay from Kafka, then
+    /// live), and never send anything at or below them again.
+    pub since: Option<Positions>,
+}
+
+impl SubscribeOptions {
+    /// Live from now on `channel`.
+    pub fn new(channel: impl Into<Arc<str>>) -> Self {
+        Self {
+            channel: channel.into(),
+            since: None,
+        }
+    }
+
+    /// Resuming after `since`.
+    pub fn since(mut self, since: Positions) -> Self {
+        self.since = Some(since);
+        self
+    }
+}
+
 /// A request from a client.
 #[derive(Debug, Clone, PartialEq)]
 pub enum Request {
-    /// Start receiving `channel`; with `since`, resume after those positions (the last offset
-    /// the client saw per partition).
-    Subscribe {
-        /// Channel name or `*`.
-        channel: String,
-        /// Last seen offset per partition.
-        since: Option<Positions>,
-    },
+    /// Start receiving a channel.
+    Subscribe(SubscribeOptions),
     /// Stop receiving `channel`.
     Unsubscribe {
         /// Channel name or `*`.
@@ -149,7 +176,10 @@ pub fn parse_json(text: &str) -> Result<Request, ProtocolError> {
                     ));
                 }
             };
-            Ok(Request::Subscribe { channel, since })
+            Ok(Request::Subscribe(SubscribeOptions {
+                channel: channel.into(),
+                since,
+            }))
         }
         "unsubscribe" => Ok(Request::Unsubscribe {
             channel: channel_field(&obj)?,
@@ -230,10 +260,10 @@ pub fn parse_proto(bytes: &[u8]) -> Result<Request, ProtocolError> {
                 }
                 since.insert(partition, offset);
             }
-            Ok(Request::Subscribe {
-                channel: s.channel,
+            Ok(Request::Subscribe(SubscribeOptions {
+                channel: s.channel.into(),
                 since: (!since.is_empty()).then_some(since),
-            })
+            }))
         }
         Some(client_frame::Frame::Unsubscribe(u)) => {
             Ok(Request::Unsubscribe { channel: u.channel })
@@ -257,24 +287,83 @@ fn positions_json(positions: &Positions) -> Value {
     )
 }
 
-fn text(value: Value) -> WireFrame {
-    WireFrame::Text(value.to_string().into())
+/// What a control frame is, carried with it so that a transport naming its messages (SSE's
+/// `event:` line) never looks inside the encoded bytes.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum ControlKind {
+    /// `subscribed`.
+    Subscribed,
+    /// `gap`.
+    Gap,
+    /// `error` (`going_away` included).
+    Error,
+    /// `pong`.
+    Pong,
+    /// A channel's last record, sent on subscribe when `snapshot` is on: an `event` frame
+    /// queued ahead of the live records, not a delivery.
+    Snapshot,
 }
 
-fn binary(frame: ServerFrame) -> WireFrame {
-    WireFrame::Binary(frame.encode_to_vec().into())
+impl ControlKind {
+    /// The frame's `type` on the wire.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            ControlKind::Subscribed => "subscribed",
+            ControlKind::Gap => "gap",
+            ControlKind::Error => "error",
+            ControlKind::Pong => "pong",
+            ControlKind::Snapshot => "event",
+        }
+    }
+}
+
+/// An encoded server control frame and its kind.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Control {
+    /// What it is.
+    pub kind: ControlKind,
+    /// The encoded frame.
+    pub frame: WireFrame,
+}
+
+impl Control {
+    /// A channel's last record as the snapshot frame.
+    pub fn snapshot(frame: WireFrame) -> Self {
+        Self {
+            kind: ControlKind::Snapshot,
+            frame,
+        }
+    }
+}
+
+fn text(kind: ControlKind, value: Value) -> Control {
+    Control {
+        kind,
+        frame: WireFrame::Text(value.to_string().into()),
+    }
+}
+
+fn binary(kind: ControlKind, frame: ServerFrame) -> Control {
+    Control {
+        kind,
+        frame: WireFrame::Binary(frame.encode_to_vec().into()),
+    }
 }
 
 /// `subscribed {channel, positions}`: live delivery starts at `positions` (next offsets).
-pub fn subscribed(encoding: Encoding, channel: &str, positions: &Positions) -> WireFrame {
+pub fn subscribed(encoding: Encoding, channel: &str, positions: &Positions) -> Control {
+    let kind = ControlKind::Subscribed;
     match encoding {
-        Encoding::Json => text(json!({
-            "type": "subscribed", "channel": channel, "positions": positions_json(positions),
-        })),
-        Encoding::Proto => binary(ServerFrame::subscribed(
-            channel,
-            positions.iter().map(|(p, o)| (*p, *o)),
-        )),
+        Encoding::Json => text(
+            kind,
+            json!({
+                "type": "subscribed", "channel": channel, "positions": positions_json(positions),
+            }),
+        ),
+        Encoding::Proto => binary(
+            kind,
+            ServerFrame::subscribed(channel, positions.iter().map(|(p, o)| (*p, *o))),
+        ),
     }
 }
 
@@ -310,12 +399,16 @@ pub fn gap(
     from: &Positions,
     to: &Positions,
     kind: GapKind,
-) -> WireFrame {
+) -> Control {
+    let control = ControlKind::Gap;
     match encoding {
-        Encoding::Json => text(json!({
-            "type": "gap", "channel": channel, "from": positions_json(from),
-            "to": positions_json(to), "reason": kind.as_str(),
-        })),
+        Encoding::Json => text(
+            control,
+            json!({
+                "type": "gap", "channel": channel, "from": positions_json(from),
+                "to": positions_json(to), "reason": kind.as_str(),
+            }),
+        ),
         Encoding::Proto => {
             let reason = match kind {
                 GapKind::ReplayLimit => GapReason::ReplayLimit,
@@ -323,59 +416,79 @@ pub fn gap(
                 GapKind::SlowClient => GapReason::SlowClient,
                 GapKind::ReplayFailed => GapReason::Unspecified,
             };
-            binary(ServerFrame::gap(
-                channel,
-                from.iter().map(|(p, o)| (*p, *o)),
-                to.iter().map(|(p, o)| (*p, *o)),
-                reason,
-            ))
+            binary(
+                control,
+                ServerFrame::gap(
+                    channel,
+                    from.iter().map(|(p, o)| (*p, *o)),
+                    to.iter().map(|(p, o)| (*p, *o)),
+                    reason,
+                ),
+            )
         }
     }
 }
 
 /// `error {code, message, channel?}`.
-pub fn error(encoding: Encoding, err: &ProtocolError) -> WireFrame {
+pub fn error(encoding: Encoding, err: &ProtocolError) -> Control {
+    let kind = ControlKind::Error;
     match encoding {
         Encoding::Json => {
             let mut v = json!({"type": "error", "code": err.code.as_str(), "message": err.message});
             if let Some(channel) = &err.channel {
                 v["channel"] = json!(channel);
             }
-            text(v)
+            text(kind, v)
         }
-        Encoding::Proto => binary(match &err.channel {
-            Some(channel) => ServerFrame::channel_error(channel, err.code.as_str(), &err.message),
-            None => ServerFrame::error(err.code.as_str(), &err.message),
-        }),
+        Encoding::Proto => binary(
+            kind,
+            match &err.channel {
+                Some(channel) => {
+                    ServerFrame::channel_error(channel, err.code.as_str(), &err.message)
+                }
+                None => ServerFrame::error(err.code.as_str(), &err.message),
+            },
+        ),
     }
 }
 
 /// `error {code: going_away, positions}` sent before closing on shutdown: the last offset
 /// delivered per subscription and partition, ready to be sent back as `since`.
-pub fn going_away(encoding: Encoding, resume: &BTreeMap<String, Positions>) -> WireFrame {
+pub fn going_away(encoding: Encoding, resume: &BTreeMap<String, Positions>) -> Control {
+    let kind = ControlKind::Error;
     let message = "server shutting down: reconnect and subscribe with these positions as since";
     match encoding {
-        Encoding::Json => text(json!({
-            "type": "error", "code": ErrorCode::GoingAway.as_str(), "message": message,
-            "positions": resume.iter().map(|(c, p)| (c.clone(), positions_json(p))).collect::<Map<_, _>>(),
-        })),
+        Encoding::Json => text(
+            kind,
+            json!({
+                "type": "error", "code": ErrorCode::GoingAway.as_str(), "message": message,
+                "positions": resume.iter().map(|(c, p)| (c.clone(), positions_json(p))).collect::<Map<_, _>>(),
+            }),
+        ),
         // The binary Error frame has no positions field; binary clients resume from the
         // positions of the events they received.
-        Encoding::Proto => binary(ServerFrame::error(ErrorCode::GoingAway.as_str(), message)),
+        Encoding::Proto => binary(
+            kind,
+            ServerFrame::error(ErrorCode::GoingAway.as_str(), message),
+        ),
     }
 }
 
 /// `pong {id?}`.
-pub fn pong(encoding: Encoding, id: Option<&Value>) -> WireFrame {
+pub fn pong(encoding: Encoding, id: Option<&Value>) -> Control {
+    let kind = ControlKind::Pong;
     match encoding {
         Encoding::Json => match id {
-            Some(id) => text(json!({"type": "pong", "id": id})),
-            None => text(json!({"type": "pong"})),
+            Some(id) => text(kind, json!({"type": "pong", "id": id})),
+            None => text(kind, json!({"type": "pong"})),
         },
-        Encoding::Proto => binary(ServerFrame::pong(id.map(|v| match v {
-            Value::String(s) => s.clone(),
-            other => other.to_string(),
-        }))),
+        Encoding::Proto => binary(
+            kind,
+            ServerFrame::pong(id.map(|v| match v {
+                Value::String(s) => s.clone(),
+                other => other.to_string(),
+            })),
+        ),
     }
 }
 
@@ -396,17 +509,13 @@ mod tests {
     fn parses_every_request() {
         assert_eq!(
             parse_json(r#"{"type":"subscribe","channel":"a","since":{"0":41,"3":7}}"#),
-            Ok(Request::Subscribe {
-                channel: "a".into(),
-                since: Some([(0, 41), (3, 7)].into()),
-            })
+            Ok(Request::Subscribe(
+                SubscribeOptions::new("a").since([(0, 41), (3, 7)].into())
+            ))
         );
         assert_eq!(
             parse_json(r#"{"type":"subscribe","channel":"*"}"#),
-            Ok(Request::Subscribe {
-                channel: "*".into(),
-                since: None
-            })
+            Ok(Request::Subscribe(SubscribeOptions::new("*")))
         );
         assert_eq!(
             parse_json(r#"{"type":"unsubscribe","channel":"a"}"#),
@@ -459,10 +568,9 @@ mod tests {
     fn minus_one_means_nothing_seen_yet() {
         assert_eq!(
             parse_json(r#"{"type":"subscribe","channel":"a","since":{"0":-1}}"#),
-            Ok(Request::Subscribe {
-                channel: "a".into(),
-                since: Some([(0, -1)].into()),
-            })
+            Ok(Request::Subscribe(
+                SubscribeOptions::new("a").since([(0, -1)].into())
+            ))
         );
     }
 
@@ -471,18 +579,14 @@ mod tests {
         let bytes = ClientFrame::subscribe("a", [(1, 5)]).encode_to_vec();
         assert_eq!(
             parse_proto(&bytes),
-            Ok(Request::Subscribe {
-                channel: "a".into(),
-                since: Some([(1, 5)].into())
-            })
+            Ok(Request::Subscribe(
+                SubscribeOptions::new("a").since([(1, 5)].into())
+            ))
         );
         let bytes = ClientFrame::subscribe("a", []).encode_to_vec();
         assert_eq!(
             parse_proto(&bytes),
-            Ok(Request::Subscribe {
-                channel: "a".into(),
-                since: None
-            })
+            Ok(Request::Subscribe(SubscribeOptions::new("a")))
         );
         assert_eq!(
             parse_proto(&[0xff, 0xff]).map_err(|e| e.code),
@@ -496,7 +600,7 @@ mod tests {
 
     #[test]
     fn control_frames_encode() {
-        let WireFrame::Text(t) = subscribed(Encoding::Json, "a", &[(0, 42)].into()) else {
+        let WireFrame::Text(t) = subscribed(Encoding::Json, "a", &[(0, 42)].into()).frame else {
             panic!()
         };
         assert_eq!(
@@ -509,7 +613,9 @@ mod tests {
             &[(0, 3)].into(),
             &[(0, 9)].into(),
             GapKind::SlowClient,
-        ) else {
+        )
+        .frame
+        else {
             panic!()
         };
         assert_eq!(
@@ -519,7 +625,9 @@ mod tests {
         let WireFrame::Binary(b) = error(
             Encoding::Proto,
             &ProtocolError::on(ErrorCode::Forbidden, "a", "no"),
-        ) else {
+        )
+        .frame
+        else {
             panic!()
         };
         let frame = proto_to_debug(&b).expect("decodes");

@@ -3,7 +3,9 @@
 //! Each record is one SSE message whose `data` is the same JSON as a WebSocket `event` frame and
 //! whose `id` lists the last offset seen per partition (`0:41,3:17`), so a reconnecting
 //! `EventSource` sends it back as `Last-Event-ID` and resumes with the same no-gap/no-duplicate
-//! rule as WebSocket. Control frames are named events: `subscribed`, `gap`, `error`.
+//! rule as WebSocket. Control frames are named events (`subscribed`, `gap`, `error`), by the
+//! kind they carry. The subscription, its checks and the delivery accounting are the
+//! [`session`](super::session)'s; this module owns the SSE framing.
 
 use std::collections::VecDeque;
 use std::convert::Infallible;
@@ -16,11 +18,11 @@ use axum::response::{IntoResponse, Response};
 use serde::Deserialize;
 use serde_json::json;
 
-use super::client::{Client, Closed, Outbound};
-use super::protocol::{self, ErrorCode, Positions, ProtocolError};
+use super::Shared;
+use super::client::{Closed, Outbound};
+use super::protocol::{self, ControlKind, ErrorCode, Positions, ProtocolError, SubscribeOptions};
 use super::record::{Encoding, WireFrame};
-use super::ws::{authorize, subscribe, unavailable};
-use super::{ConnectionSlot, Shared};
+use super::session::{Frame, Session, Transport, authorize, unavailable};
 
 /// Query of `GET /sse`.
 #[derive(Debug, Deserialize)]
@@ -106,17 +108,16 @@ pub async fn handler(
     let Some(slot) = shared.admit() else {
         return unavailable(&shared, "limit", "the bridge is at its connection limit");
     };
-    let client = Arc::new(
-        Client::new(
-            shared.next_client_id(),
-            Encoding::Json,
-            shared.config.queue_messages as usize,
-            shared.config.slow_client_policy,
-        )
-        .with_drop_counter(shared.metrics.slow_client_drops()),
-    );
+    let mut session = Session::open(shared.clone(), slot, Transport::Sse, Encoding::Json, claims);
+    let channel: Arc<str> = channel.into();
+    // The event id names every partition, those of `since` included, so that a reconnect
+    // never goes back before them.
     let positions = since.clone().unwrap_or_default();
-    if let Err(err) = subscribe(&shared, &client, claims.as_ref(), channel, since) {
+    let options = SubscribeOptions {
+        channel: channel.clone(),
+        since,
+    };
+    if let Err(err) = session.subscribe(options) {
         let code = if err.code == ErrorCode::Forbidden {
             StatusCode::FORBIDDEN
         } else {
@@ -129,16 +130,12 @@ pub async fn handler(
         )
             .into_response();
     }
-    shared.metrics.connections_sse.inc();
+    session.resume_from(channel.clone(), positions);
     let ping = shared.config.ping_interval;
     let state = Stream {
-        guard: Guard {
-            shared: shared.clone(),
-            client,
-            _slot: slot,
-        },
+        session,
+        channel,
         buffer: VecDeque::new(),
-        positions,
         done: false,
     };
     let stream = futures::stream::unfold(state, next);
@@ -147,28 +144,11 @@ pub async fn handler(
         .into_response()
 }
 
-/// Removes the client from the hub when the response ends (client gone or server closing).
-struct Guard {
-    shared: Arc<Shared>,
-    client: Arc<Client>,
-    _slot: ConnectionSlot,
-}
-
-impl Drop for Guard {
-    fn drop(&mut self) {
-        self.shared.hub.remove_client(&self.client);
-        self.shared
-            .metrics
-            .subscriptions
-            .set(self.shared.hub.subscription_count() as i64);
-        self.shared.metrics.connections_sse.dec();
-    }
-}
-
+/// The response's state; dropping it (client gone or server closing) ends the session.
 struct Stream {
-    guard: Guard,
+    session: Session,
+    channel: Arc<str>,
     buffer: VecDeque<Event>,
-    positions: Positions,
     done: bool,
 }
 
@@ -179,14 +159,13 @@ fn text_of(frame: &WireFrame) -> &str {
     }
 }
 
-fn event_name(frame: &WireFrame) -> &'static str {
-    let text = text_of(frame);
-    for name in ["subscribed", "gap", "error", "pong"] {
-        if text.contains(&format!(r#""type":"{name}""#)) {
-            return name;
-        }
+/// The SSE event name of a control frame: a snapshot is a record, so an unnamed `message`
+/// like the live ones.
+fn event_name(kind: ControlKind) -> &'static str {
+    match kind {
+        ControlKind::Snapshot => "message",
+        kind => kind.as_str(),
     }
-    "message"
 }
 
 async fn next(mut st: Stream) -> Option<(Result<Event, Infallible>, Stream)> {
@@ -197,20 +176,21 @@ async fn next(mut st: Stream) -> Option<(Result<Event, Infallible>, Stream)> {
         if st.done {
             return None;
         }
-        let shared = st.guard.shared.clone();
-        let client = st.guard.client.clone();
+        let shared = st.session.shared().clone();
+        let client = st.session.client().clone();
         tokio::select! {
             _ = shared.shutdown.cancelled() => {
-                st.fill(&client.drain().items);
-                let resume = [(String::from("positions"), st.positions.clone())].into();
-                let frame = protocol::going_away(Encoding::Json, &resume);
-                st.buffer.push_back(Event::default().event("error").data(text_of(&frame)));
+                st.fill(client.drain().items);
+                let positions = st.session.delivered(&st.channel).cloned().unwrap_or_default();
+                let resume = [(String::from("positions"), positions)].into();
+                let going_away = protocol::going_away(Encoding::Json, &resume);
+                st.buffer.push_back(Event::default().event("error").data(text_of(&going_away.frame)));
                 shared.metrics.close("shutdown");
                 st.done = true;
             }
             _ = client.notify.notified() => {
                 let drained = client.drain();
-                st.fill(&drained.items);
+                st.fill(drained.items);
                 if let Some(closed) = drained.closed {
                     let (code, reason) = match closed {
                         Closed::SlowClient => ("slow_client", "slow client: reconnect to resume"),
@@ -228,53 +208,27 @@ async fn next(mut st: Stream) -> Option<(Result<Event, Infallible>, Stream)> {
 }
 
 impl Stream {
-    fn fill(&mut self, items: &[Outbound]) {
-        let metrics = &self.guard.shared.metrics;
-        let now_ms = chrono::Utc::now().timestamp_millis();
-        let mut events = 0u64;
+    fn fill(&mut self, items: Vec<Outbound>) {
+        let mut batch = self.session.batch();
         for item in items {
-            match item {
-                Outbound::Event {
-                    partition,
-                    offset,
-                    timestamp_ms,
-                    frame,
-                    ..
-                } => {
-                    self.positions.insert(*partition, *offset);
-                    events += 1;
-                    if let Some(ts) = timestamp_ms {
-                        metrics
-                            .latency
-                            .observe((now_ms - ts).max(0) as f64 / 1000.0);
-                    }
-                    metrics.bytes_out.inc_by(frame.len() as u64);
-                    self.buffer.push_back(
-                        Event::default()
-                            .id(format_positions(&self.positions))
-                            .data(text_of(frame)),
-                    );
-                }
-                Outbound::Control(frame) => {
-                    self.buffer.push_back(
-                        Event::default()
-                            .event(event_name(frame))
-                            .data(text_of(frame)),
-                    );
-                }
-                Outbound::Gap {
+            let event = match batch.frame(item) {
+                Frame::Event {
                     subscription,
-                    from,
-                    to,
-                    reason,
+                    frame,
                 } => {
-                    let frame = protocol::gap(Encoding::Json, subscription, from, to, *reason);
-                    self.buffer
-                        .push_back(Event::default().event("gap").data(text_of(&frame)));
+                    let id = batch
+                        .delivered(&subscription)
+                        .map(format_positions)
+                        .unwrap_or_default();
+                    Event::default().id(id).data(text_of(&frame))
                 }
-            }
+                Frame::Control(control) => Event::default()
+                    .event(event_name(control.kind))
+                    .data(text_of(&control.frame)),
+            };
+            self.buffer.push_back(event);
         }
-        metrics.deliveries.inc_by(events);
+        batch.written();
     }
 }
 
@@ -290,5 +244,30 @@ mod tests {
         for bad in ["x", "0:", ":1", "0:-2", "-1:3", "0:1:2", "0;1"] {
             assert_eq!(parse_positions(bad), None, "{bad}");
         }
+    }
+
+    #[test]
+    fn events_are_named_by_the_kind_their_frame_carries() {
+        // A record whose payload looks like a control frame is still a record: its name comes
+        // from the kind, never from the text.
+        let snapshot = protocol::Control::snapshot(WireFrame::Text(
+            r#"{"type":"event","channel":"a","data":{"type":"gap"}}"#.into(),
+        ));
+        assert_eq!(event_name(snapshot.kind), "message");
+        let subscribed = protocol::subscribed(Encoding::Json, "a", &Positions::new());
+        assert_eq!(event_name(subscribed.kind), "subscribed");
+        let gap = protocol::gap(
+            Encoding::Json,
+            "a",
+            &[(0, 1)].into(),
+            &[(0, 2)].into(),
+            protocol::GapKind::Retention,
+        );
+        assert_eq!(event_name(gap.kind), "gap");
+        let error = protocol::error(
+            Encoding::Json,
+            &ProtocolError::new(ErrorCode::ReplayFailed, "broker down"),
+        );
+        assert_eq!(event_name(error.kind), "error");
     }
 }

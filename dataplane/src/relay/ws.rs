@@ -1,27 +1,26 @@
 //! The WebSocket transport: `GET /ws`, subprotocols `eventstream.v1.json` (default) and
 //! `eventstream.v1.proto`. One task per connection drives reading, writing (all queued frames
 //! fed, then one flush), pings and the idle timeout; buffers are sized so an idle connection
-//! costs a few KiB.
+//! costs a few KiB. Requests, subscriptions and delivery accounting are the
+//! [`session`](super::session)'s; this module owns the WebSocket framing and close codes.
 
-use std::collections::HashMap;
 use std::sync::Arc;
 use std::time::Duration;
 
 use axum::extract::ws::{CloseFrame, Message, WebSocket, WebSocketUpgrade};
 use axum::extract::{Query, State};
-use axum::http::{HeaderMap, StatusCode, header};
-use axum::response::{IntoResponse, Response};
+use axum::http::HeaderMap;
+use axum::response::Response;
 use futures::SinkExt;
 use serde::Deserialize;
-use serde_json::json;
 use tokio::time::Instant;
 
-use super::channel::{ALL, valid_channel};
-use super::client::{Client, Closed, Outbound};
-use super::protocol::{self, ErrorCode, Positions, ProtocolError, Request};
+use super::client::{Client, Closed};
+use super::protocol;
 use super::record::{Encoding, WireFrame};
+use super::session::{Session, Transport, authorize, unavailable};
 use super::{ConnectionSlot, Shared};
-use crate::auth::{Claims, JwtVerifier};
+use crate::auth::Claims;
 
 /// Close code: the client read too slowly (policy `disconnect`).
 pub const CLOSE_SLOW_CLIENT: u16 = 4008;
@@ -42,48 +41,6 @@ pub const REQUESTS_PER_SECOND: f64 = 50.0;
 #[derive(Debug, Deserialize)]
 pub struct TokenQuery {
     token: Option<String>,
-}
-
-/// Checks the token (when auth is on) before any upgrade: `Ok(None)` when auth is off.
-pub fn authorize(
-    shared: &Shared,
-    headers: &HeaderMap,
-    query_token: Option<&str>,
-) -> Result<Option<Claims>, Box<Response>> {
-    let Some(verifier) = &shared.verifier else {
-        return Ok(None);
-    };
-    let token = headers
-        .get(header::AUTHORIZATION)
-        .and_then(|v| v.to_str().ok())
-        .and_then(JwtVerifier::bearer)
-        .or(query_token);
-    let result = match token {
-        Some(token) => verifier.verify(token),
-        None => Err(crate::auth::AuthError::Missing),
-    };
-    result.map(Some).map_err(|e| {
-        shared.metrics.reject("unauthorized");
-        Box::new(
-            (
-                StatusCode::UNAUTHORIZED,
-                [(header::WWW_AUTHENTICATE, "Bearer")],
-                axum::Json(json!({"error": {"code": "unauthorized", "message": e.to_string()}})),
-            )
-                .into_response(),
-        )
-    })
-}
-
-/// 503 before upgrade, with `Retry-After`.
-pub fn unavailable(shared: &Shared, reason: &str, message: &str) -> Response {
-    shared.metrics.reject(reason);
-    (
-        StatusCode::SERVICE_UNAVAILABLE,
-        [(header::RETRY_AFTER, "1")],
-        axum::Json(json!({"error": {"code": reason, "message": message}})),
-    )
-        .into_response()
 }
 
 /// `GET /ws`.
@@ -159,27 +116,15 @@ impl Bucket {
     }
 }
 
-/// What a connection has delivered, per subscription and partition (for `going_away`).
-type Delivered = HashMap<Arc<str>, Positions>;
-
 async fn connection(
     mut socket: WebSocket,
     shared: Arc<Shared>,
     encoding: Encoding,
     claims: Option<Claims>,
-    _slot: ConnectionSlot,
+    slot: ConnectionSlot,
 ) {
-    let metrics = shared.metrics.clone();
-    metrics.connections_ws.inc();
-    let client = Arc::new(
-        Client::new(
-            shared.next_client_id(),
-            encoding,
-            shared.config.queue_messages as usize,
-            shared.config.slow_client_policy,
-        )
-        .with_drop_counter(shared.metrics.slow_client_drops()),
-    );
+    let mut session = Session::open(shared.clone(), slot, Transport::WebSocket, encoding, claims);
+    let client = session.client().clone();
     let idle = shared.config.idle_timeout;
     let ping_every = shared.config.ping_interval;
     let mut ping = tokio::time::interval_at(Instant::now() + ping_every, ping_every);
@@ -193,13 +138,12 @@ async fn connection(
         tokens: REQUEST_BURST,
         at: Instant::now(),
     };
-    let mut delivered = Delivered::new();
     let end = loop {
         tokio::select! {
             biased;
             _ = &mut cancelled => break End::GoingAway,
             _ = client.notify.notified() => {
-                match write_queued(&mut socket, &client, &shared, &mut delivered, idle).await {
+                match write_queued(&mut socket, &client, &mut session, idle).await {
                     Ok(None) => {}
                     Ok(Some(closed)) => break End::Closed(closed),
                     Err(()) => break End::Gone,
@@ -229,7 +173,7 @@ async fn connection(
                 if !bucket.take() {
                     break End::RateLimited;
                 }
-                handle(&shared, &client, claims.as_ref(), request);
+                session.handle(request);
             }
             _ = ping.tick() => {
                 if last_heard.elapsed() >= idle {
@@ -242,12 +186,9 @@ async fn connection(
             }
         }
     };
-    shared.hub.remove_client(&client);
-    metrics
-        .subscriptions
-        .set(shared.hub.subscription_count() as i64);
-    finish(&mut socket, &client, &shared, &mut delivered, end).await;
-    metrics.connections_ws.dec();
+    // Nothing more is queued for a connection that ends, even while it says goodbye.
+    session.leave();
+    finish(&mut socket, &client, &mut session, end).await;
 }
 
 fn is_too_big(e: &axum::Error) -> bool {
@@ -255,178 +196,26 @@ fn is_too_big(e: &axum::Error) -> bool {
     text.contains("Space limit exceeded") || text.contains("too long") || text.contains("too big")
 }
 
-/// Serves one request; errors become `error` frames on the client's queue.
-pub fn handle(
-    shared: &Arc<Shared>,
-    client: &Arc<Client>,
-    claims: Option<&Claims>,
-    request: Result<Request, ProtocolError>,
-) {
-    let result = match request {
-        Ok(Request::Subscribe { channel, since }) => {
-            subscribe(shared, client, claims, channel, since)
-        }
-        Ok(Request::Unsubscribe { channel }) => {
-            if shared.hub.unsubscribe(client, &channel) {
-                shared.metrics.subscriptions.dec();
-                Ok(())
-            } else {
-                Err(ProtocolError::on(
-                    ErrorCode::NotSubscribed,
-                    &channel,
-                    "not subscribed to this channel",
-                ))
-            }
-        }
-        Ok(Request::Ping { id }) => {
-            client.control(protocol::pong(client.encoding, id.as_ref()));
-            Ok(())
-        }
-        Err(e) => Err(e),
-    };
-    if let Err(err) = result {
-        shared.metrics.protocol_error(err.code.as_str());
-        client.control(protocol::error(client.encoding, &err));
-    }
-}
-
-/// Checks and registers a subscription, starting a replay when `since` is given.
-pub fn subscribe(
-    shared: &Arc<Shared>,
-    client: &Arc<Client>,
-    claims: Option<&Claims>,
-    channel: String,
-    since: Option<Positions>,
-) -> Result<(), ProtocolError> {
-    if channel != ALL && !valid_channel(&channel) {
-        return Err(ProtocolError::on(
-            ErrorCode::InvalidChannel,
-            &channel,
-            "a channel is 1 to 256 characters without control characters, or * for every record",
-        ));
-    }
-    if let Some(claims) = claims
-        && !claims.allows_channel(&channel)
-    {
-        return Err(ProtocolError::on(
-            ErrorCode::Forbidden,
-            &channel,
-            "the token does not allow this channel",
-        ));
-    }
-    if client.is_subscribed(&channel) {
-        return Err(ProtocolError::on(
-            ErrorCode::AlreadySubscribed,
-            &channel,
-            "already subscribed to this channel",
-        ));
-    }
-    if client.subscription_count() >= shared.config.max_subscriptions_per_connection as usize {
-        return Err(ProtocolError::on(
-            ErrorCode::TooManySubscriptions,
-            &channel,
-            format!(
-                "at most {} subscriptions per connection",
-                shared.config.max_subscriptions_per_connection
-            ),
-        ));
-    }
-    let name: Arc<str> = channel.as_str().into();
-    let replaying = since.is_some();
-    let floor = since.clone().unwrap_or_default();
-    let Some(registered) = shared.hub.subscribe(client, &name, replaying, floor) else {
-        return Err(ProtocolError::on(
-            ErrorCode::AlreadySubscribed,
-            &channel,
-            "already subscribed to this channel",
-        ));
-    };
-    shared.metrics.subscriptions.inc();
-    if let Some(since) = since {
-        let hub = shared.hub.clone();
-        let metrics = shared.metrics.clone();
-        let partitions = shared.hub.partitions();
-        tokio::spawn(shared.replayer.clone().resume(
-            client.clone(),
-            name,
-            since,
-            registered.positions,
-            partitions,
-            move |client, name| {
-                if hub.unsubscribe(client, name) {
-                    metrics.subscriptions.dec();
-                }
-            },
-        ));
-    }
-    Ok(())
-}
-
 /// Writes everything queued: feeds every frame, then flushes once. `Ok(Some(_))` when the
 /// queue closed the client.
 async fn write_queued(
     socket: &mut WebSocket,
     client: &Client,
-    shared: &Shared,
-    delivered: &mut Delivered,
+    session: &mut Session,
     deadline: Duration,
 ) -> Result<Option<Closed>, ()> {
     let drained = client.drain();
     if drained.closed.is_none() || !drained.items.is_empty() {
         let write = async {
-            let mut events = 0u64;
-            let mut bytes = 0u64;
-            let now_ms = chrono::Utc::now().timestamp_millis();
-            let stages = super::metrics::STAGES
-                .enabled()
-                .then(std::time::Instant::now);
+            let mut batch = session.batch();
             for item in drained.items {
-                let frame = match item {
-                    Outbound::Event {
-                        subscription,
-                        partition,
-                        offset,
-                        timestamp_ms,
-                        consumed_at,
-                        frame,
-                    } => {
-                        events += 1;
-                        if let Some(drained_at) = stages {
-                            super::metrics::STAGES
-                                .queue
-                                .record(drained_at.saturating_duration_since(consumed_at));
-                        }
-                        if let Some(ts) = timestamp_ms {
-                            shared
-                                .metrics
-                                .latency
-                                .observe((now_ms - ts).max(0) as f64 / 1000.0);
-                        }
-                        delivered
-                            .entry(subscription)
-                            .or_default()
-                            .insert(partition, offset);
-                        frame
-                    }
-                    Outbound::Control(frame) => frame,
-                    Outbound::Gap {
-                        subscription,
-                        from,
-                        to,
-                        reason,
-                    } => protocol::gap(client.encoding, &subscription, &from, &to, reason),
-                };
-                bytes += frame.len() as u64;
-                socket.feed(to_message(frame)).await.map_err(|_| ())?;
+                socket
+                    .feed(to_message(batch.frame(item).into_wire()))
+                    .await
+                    .map_err(|_| ())?;
             }
             socket.flush().await.map_err(|_| ())?;
-            if let Some(drained_at) = stages
-                && events > 0
-            {
-                super::metrics::STAGES.write.record(drained_at.elapsed());
-            }
-            shared.metrics.deliveries.inc_by(events);
-            shared.metrics.bytes_out.inc_by(bytes);
+            batch.written();
             Ok::<(), ()>(())
         };
         // Most writes complete at once; only a blocked socket pays for a timer.
@@ -476,13 +265,8 @@ async fn close(socket: &mut WebSocket, code: u16, reason: &'static str) {
     let _ = tokio::time::timeout(Duration::from_secs(2), handshake).await;
 }
 
-async fn finish(
-    socket: &mut WebSocket,
-    client: &Client,
-    shared: &Shared,
-    delivered: &mut Delivered,
-    end: End,
-) {
+async fn finish(socket: &mut WebSocket, client: &Client, session: &mut Session, end: End) {
+    let shared = session.shared().clone();
     let metrics = &shared.metrics;
     match end {
         End::Gone => {}
@@ -490,14 +274,13 @@ async fn finish(
             metrics.close("shutdown");
             // Deliver what is queued, then tell the client where to resume.
             let grace = Duration::from_secs(2);
-            let _ = write_queued(socket, client, shared, delivered, grace).await;
-            let resume = delivered
-                .iter()
-                .map(|(k, v)| (k.to_string(), v.clone()))
-                .collect();
+            let _ = write_queued(socket, client, session, grace).await;
+            let resume = session.resume_positions();
             let _ = tokio::time::timeout(
                 grace,
-                socket.send(to_message(protocol::going_away(client.encoding, &resume))),
+                socket.send(to_message(
+                    protocol::going_away(client.encoding, &resume).frame,
+                )),
             )
             .await;
             close(socket, 1001, "going away: resume with your last positions").await;

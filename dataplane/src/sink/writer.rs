@@ -24,7 +24,7 @@ use eventstream_crds::config::OffsetReset;
 use eventstream_crds::v1alpha1::{PayloadFormat, Timescale};
 use futures::SinkExt;
 use tokio_postgres::error::SqlState;
-use tokio_postgres::{Client, Config, Statement, Transaction};
+use tokio_postgres::{Client, Statement, Transaction};
 
 use super::SinkError;
 use super::batch::Batch;
@@ -112,17 +112,6 @@ pub struct Writer {
     dead_letters: DeadLetters,
     metrics: SinkMetrics,
     session: Option<Session>,
-}
-
-pub use super::connect::describe;
-
-/// Parses a PostgreSQL URL or key=value string from `var` into a tokio-postgres config alone.
-///
-/// The TLS settings beyond tokio-postgres' own are lost here (its `sslmode` becomes `require`
-/// for `require` and the `verify-*` modes, so a plain `connect(NoTls)` fails rather than
-/// connecting without TLS): use [`Endpoint::parse`] and [`super::connect::connect`] to connect.
-pub fn parse_url(url: &str, var: &'static str) -> Result<Config, SinkError> {
-    Endpoint::parse(url, var).map(|e| e.config)
 }
 
 fn db(action: &'static str) -> impl Fn(tokio_postgres::Error) -> SinkError {
@@ -249,11 +238,6 @@ impl Writer {
             _ => format!("not connected, {}", self.endpoint.tls.summary()),
         };
         format!("{} ({link})", self.endpoint.describe())
-    }
-
-    /// The open session's link, if connected.
-    pub fn session_tls(&self) -> Option<&SessionTls> {
-        self.session.as_ref().map(|s| &s.tls)
     }
 
     /// Connects (if not connected) and prepares the schema and statements.

@@ -3,16 +3,14 @@
 //! - [`broker`]: the embedded Kafka broker (librdkafka's mock cluster on a loopback port), or
 //!   topics on an external one with `--kafka-bootstrap`.
 //! - [`streams`]: which streams to serve, from flags or dataplane config files (pure).
-//! - [`bridge`]: one stream's ingest and fan-out as a router, so one server serves them all.
 //! - [`demo`]: `--demo`, a synthetic sim-racing telemetry stream.
 //! - [`viewer`]: the stream viewer page at `/`, embedded in the binary, and `GET /streams`.
-//! - [`ops`]: `/healthz`, `/readyz`, `/metrics` over one registry per stream.
 //!
-//! The first stream is served at the root (`/ws`, `/produce`, `/health`, as `docs/protocol.md`
+//! Each stream is a [`StreamBridge`] (the same one `bridge` mode serves), nested in one server
+//! whose `/metrics` merges the streams' registries ([`server::ops_routes_for`]). The first stream is served at the root (`/ws`, `/produce`, `/health`, as `docs/protocol.md`
 //! says); every stream, the first included, also under `/streams/{name}/`. With `--postgres-url`
 //! each stream also runs a sink. `docs/standalone.md` is the user's guide.
 
-pub mod bridge;
 pub mod broker;
 pub mod demo;
 pub mod streams;
@@ -28,8 +26,8 @@ use axum::Router;
 use eventstream_crds::config::{ENV_JWT_KEY, check_bootstrap};
 use tokio_util::sync::CancellationToken;
 
+use crate::bridge::StreamBridge;
 use crate::server::{self, Readiness};
-use bridge::StreamBridge;
 use broker::{EmbeddedBroker, TopicSpec};
 use streams::{StreamFlags, StreamPlan};
 
@@ -223,7 +221,7 @@ async fn run(args: Args, mut plans: Vec<StreamPlan>) -> anyhow::Result<()> {
     let mut bridges = Vec::new();
     for p in &plans {
         let bridge = tokio::select! {
-            b = StreamBridge::start(p.config.clone(), &readiness, shutdown.clone(), jwt_key.as_deref()) => b?,
+            b = StreamBridge::start(p.config.clone(), prometheus::Registry::new(), &readiness, shutdown.clone(), jwt_key.as_deref()) => b?,
             _ = shutdown.cancelled() => anyhow::bail!("interrupted while connecting to Kafka at {bootstrap}"),
         };
         bridges.push(bridge);
@@ -300,7 +298,7 @@ async fn run(args: Args, mut plans: Vec<StreamPlan>) -> anyhow::Result<()> {
         }
     }
 
-    let deadline = Instant::now() + Duration::from_secs(5).min(grace);
+    let deadline = Instant::now() + crate::bridge::FLUSH_TIMEOUT.min(grace);
     for b in bridges {
         b.close(deadline).await;
     }

@@ -1,0 +1,407 @@
+//! One client session, whichever transport carries it: what every transport needs between its
+//! wire and the hub, written once so that a transport owns only its framing, keep-alive and the
+//! way a connection ends.
+//!
+//! - Before a connection is accepted: [`authorize`] (the token) and [`unavailable`] (503).
+//! - [`Session`]: the connection's [`Client`] queue and claims, its requests
+//!   ([`Session::handle`]; [`Session::subscribe`] checks a [`SubscribeOptions`], registers it
+//!   in the hub and starts its replay), and its removal from the hub when it ends.
+//! - [`Batch`]: the accounting of what is written (deliveries, bytes, latency, and the last
+//!   delivered position per subscription, which a client resumes from).
+
+use std::collections::{BTreeMap, HashMap};
+use std::sync::Arc;
+
+use axum::http::{HeaderMap, StatusCode, header};
+use axum::response::{IntoResponse, Response};
+use serde_json::json;
+
+use super::channel::{ALL, valid_channel};
+use super::client::{Client, Outbound};
+use super::metrics::{RelayMetrics, STAGES};
+use super::protocol::{
+    self, Control, ErrorCode, Positions, ProtocolError, Request, SubscribeOptions,
+};
+use super::record::{Encoding, WireFrame};
+use super::{ConnectionSlot, Shared};
+use crate::auth::{Claims, JwtVerifier};
+
+/// The transport of a session, for its connection gauge.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Transport {
+    /// `GET /ws`.
+    WebSocket,
+    /// `GET /sse`.
+    Sse,
+}
+
+impl Transport {
+    fn connections(self, metrics: &RelayMetrics) -> &prometheus::IntGauge {
+        match self {
+            Transport::WebSocket => &metrics.connections_ws,
+            Transport::Sse => &metrics.connections_sse,
+        }
+    }
+}
+
+/// Checks the token (when auth is on) before any upgrade: `Ok(None)` when auth is off. The
+/// token comes from `Authorization: Bearer` or, for clients that cannot set headers
+/// (browsers), from the `?token=` query.
+pub fn authorize(
+    shared: &Shared,
+    headers: &HeaderMap,
+    query_token: Option<&str>,
+) -> Result<Option<Claims>, Box<Response>> {
+    let Some(verifier) = &shared.verifier else {
+        return Ok(None);
+    };
+    let token = headers
+        .get(header::AUTHORIZATION)
+        .and_then(|v| v.to_str().ok())
+        .and_then(JwtVerifier::bearer)
+        .or(query_token);
+    let result = match token {
+        Some(token) => verifier.verify(token),
+        None => Err(crate::auth::AuthError::Missing),
+    };
+    result.map(Some).map_err(|e| {
+        shared.metrics.reject("unauthorized");
+        Box::new(
+            (
+                StatusCode::UNAUTHORIZED,
+                [(header::WWW_AUTHENTICATE, "Bearer")],
+                axum::Json(json!({"error": {"code": "unauthorized", "message": e.to_string()}})),
+            )
+                .into_response(),
+        )
+    })
+}
+
+/// 503 before upgrade, with `Retry-After`.
+pub fn unavailable(shared: &Shared, reason: &str, message: &str) -> Response {
+    shared.metrics.reject(reason);
+    (
+        StatusCode::SERVICE_UNAVAILABLE,
+        [(header::RETRY_AFTER, "1")],
+        axum::Json(json!({"error": {"code": reason, "message": message}})),
+    )
+        .into_response()
+}
+
+/// What a session has delivered: per subscription and partition, the last offset written.
+type Delivered = HashMap<Arc<str>, Positions>;
+
+/// One accepted connection. Dropping it removes its client from the hub, releases its
+/// connection slot and counts it out of its transport's gauge.
+pub struct Session {
+    shared: Arc<Shared>,
+    client: Arc<Client>,
+    claims: Option<Claims>,
+    transport: Transport,
+    delivered: Delivered,
+    _slot: ConnectionSlot,
+}
+
+impl Session {
+    /// A session on a held connection slot, with a fresh client queue sized by the config.
+    pub fn open(
+        shared: Arc<Shared>,
+        slot: ConnectionSlot,
+        transport: Transport,
+        encoding: Encoding,
+        claims: Option<Claims>,
+    ) -> Self {
+        transport.connections(&shared.metrics).inc();
+        let client = Arc::new(
+            Client::new(
+                shared.next_client_id(),
+                encoding,
+                shared.config.queue_messages as usize,
+                shared.config.slow_client_policy,
+            )
+            .with_drop_counter(shared.metrics.slow_client_drops()),
+        );
+        Self {
+            shared,
+            client,
+            claims,
+            transport,
+            delivered: Delivered::new(),
+            _slot: slot,
+        }
+    }
+
+    /// The fan-out this session belongs to.
+    pub fn shared(&self) -> &Arc<Shared> {
+        &self.shared
+    }
+
+    /// The session's queue (the hub offers to it; the transport drains it).
+    pub fn client(&self) -> &Arc<Client> {
+        &self.client
+    }
+
+    /// Serves one request; errors become `error` frames on the client's queue.
+    pub fn handle(&self, request: Result<Request, ProtocolError>) {
+        let result = match request {
+            Ok(Request::Subscribe(options)) => self.subscribe(options),
+            Ok(Request::Unsubscribe { channel }) => {
+                if self.shared.hub.unsubscribe(&self.client, &channel) {
+                    self.shared.metrics.subscriptions.dec();
+                    Ok(())
+                } else {
+                    Err(ProtocolError::on(
+                        ErrorCode::NotSubscribed,
+                        &channel,
+                        "not subscribed to this channel",
+                    ))
+                }
+            }
+            Ok(Request::Ping { id }) => {
+                self.client
+                    .control(protocol::pong(self.client.encoding, id.as_ref()));
+                Ok(())
+            }
+            Err(e) => Err(e),
+        };
+        if let Err(err) = result {
+            self.shared.metrics.protocol_error(err.code.as_str());
+            self.client
+                .control(protocol::error(self.client.encoding, &err));
+        }
+    }
+
+    /// Checks and registers a subscription, starting a replay when it has `since`.
+    pub fn subscribe(&self, options: SubscribeOptions) -> Result<(), ProtocolError> {
+        let (shared, client) = (&self.shared, &self.client);
+        let channel = &*options.channel;
+        if channel != ALL && !valid_channel(channel) {
+            return Err(ProtocolError::on(
+                ErrorCode::InvalidChannel,
+                channel,
+                "a channel is 1 to 256 characters without control characters, or * for every record",
+            ));
+        }
+        if let Some(claims) = &self.claims
+            && !claims.allows_channel(channel)
+        {
+            return Err(ProtocolError::on(
+                ErrorCode::Forbidden,
+                channel,
+                "the token does not allow this channel",
+            ));
+        }
+        if client.is_subscribed(channel) {
+            return Err(ProtocolError::on(
+                ErrorCode::AlreadySubscribed,
+                channel,
+                "already subscribed to this channel",
+            ));
+        }
+        if client.subscription_count() >= shared.config.max_subscriptions_per_connection as usize {
+            return Err(ProtocolError::on(
+                ErrorCode::TooManySubscriptions,
+                channel,
+                format!(
+                    "at most {} subscriptions per connection",
+                    shared.config.max_subscriptions_per_connection
+                ),
+            ));
+        }
+        let Some(registered) = shared.hub.subscribe(client, &options) else {
+            return Err(ProtocolError::on(
+                ErrorCode::AlreadySubscribed,
+                channel,
+                "already subscribed to this channel",
+            ));
+        };
+        shared.metrics.subscriptions.inc();
+        if let Some(since) = options.since {
+            let hub = shared.hub.clone();
+            let metrics = shared.metrics.clone();
+            let partitions = shared.hub.partitions();
+            tokio::spawn(shared.replayer.clone().resume(
+                client.clone(),
+                options.channel,
+                since,
+                registered.positions,
+                partitions,
+                move |client, name| {
+                    if hub.unsubscribe(client, name) {
+                        metrics.subscriptions.dec();
+                    }
+                },
+            ));
+        }
+        Ok(())
+    }
+
+    /// Counts `positions` as already delivered on `subscription` (a resume's `since`), for
+    /// transports whose resume token names every partition (SSE's event id).
+    pub fn resume_from(&mut self, subscription: Arc<str>, positions: Positions) {
+        self.delivered.insert(subscription, positions);
+    }
+
+    /// Per subscription, the last offset delivered per partition: where the client resumes.
+    pub fn resume_positions(&self) -> BTreeMap<String, Positions> {
+        self.delivered
+            .iter()
+            .map(|(k, v)| (k.to_string(), v.clone()))
+            .collect()
+    }
+
+    /// The last offset delivered per partition on `subscription`.
+    pub fn delivered(&self, subscription: &str) -> Option<&Positions> {
+        self.delivered.get(subscription)
+    }
+
+    /// Starts accounting for a batch drained from the client's queue.
+    pub fn batch(&mut self) -> Batch<'_> {
+        Batch {
+            metrics: &self.shared.metrics,
+            encoding: self.client.encoding,
+            delivered: &mut self.delivered,
+            now_ms: chrono::Utc::now().timestamp_millis(),
+            drained_at: STAGES.enabled().then(std::time::Instant::now),
+            events: 0,
+            bytes: 0,
+        }
+    }
+
+    /// Takes the client out of the hub: nothing more is queued for it. Idempotent; a transport
+    /// calls it as soon as it knows the connection ends, before a close handshake that may take
+    /// a while.
+    pub fn leave(&self) {
+        self.shared.hub.remove_client(&self.client);
+        self.shared
+            .metrics
+            .subscriptions
+            .set(self.shared.hub.subscription_count() as i64);
+    }
+}
+
+impl Drop for Session {
+    fn drop(&mut self) {
+        self.leave();
+        self.transport.connections(&self.shared.metrics).dec();
+    }
+}
+
+/// A queue item ready for the wire.
+#[derive(Debug, Clone)]
+pub enum Frame {
+    /// A record delivered on `subscription`.
+    Event {
+        /// The subscription (channel or `*`).
+        subscription: Arc<str>,
+        /// The shared encoded frame.
+        frame: WireFrame,
+    },
+    /// A control frame (a queued gap is encoded into one here).
+    Control(Control),
+}
+
+impl Frame {
+    /// The encoded frame.
+    pub fn wire(&self) -> &WireFrame {
+        match self {
+            Frame::Event { frame, .. } => frame,
+            Frame::Control(control) => &control.frame,
+        }
+    }
+
+    /// The encoded frame, owned.
+    pub fn into_wire(self) -> WireFrame {
+        match self {
+            Frame::Event { frame, .. } => frame,
+            Frame::Control(control) => control.frame,
+        }
+    }
+}
+
+/// The accounting of one drained batch as its transport writes it: every event is a delivery
+/// with a latency and a new resume position, every frame's bytes count. Call
+/// [`written`](Batch::written) once the batch is handed to the socket.
+pub struct Batch<'a> {
+    metrics: &'a RelayMetrics,
+    encoding: Encoding,
+    delivered: &'a mut Delivered,
+    now_ms: i64,
+    drained_at: Option<std::time::Instant>,
+    events: u64,
+    bytes: u64,
+}
+
+impl Batch<'_> {
+    /// Accounts for `item`, about to be written, and returns its frame.
+    pub fn frame(&mut self, item: Outbound) -> Frame {
+        let frame = match item {
+            Outbound::Event {
+                subscription,
+                partition,
+                offset,
+                timestamp_ms,
+                consumed_at,
+                frame,
+            } => {
+                self.events += 1;
+                if let Some(drained_at) = self.drained_at {
+                    STAGES
+                        .queue
+                        .record(drained_at.saturating_duration_since(consumed_at));
+                }
+                if let Some(ts) = timestamp_ms {
+                    self.metrics
+                        .latency
+                        .observe((self.now_ms - ts).max(0) as f64 / 1000.0);
+                }
+                // Looked up by name first: the key exists after the first event, and an
+                // `Arc` clone per event is a contended atomic with thousands of `*` clients.
+                match self.delivered.get_mut(&*subscription) {
+                    Some(positions) => {
+                        positions.insert(partition, offset);
+                    }
+                    None => {
+                        self.delivered
+                            .insert(subscription.clone(), [(partition, offset)].into());
+                    }
+                }
+                Frame::Event {
+                    subscription,
+                    frame,
+                }
+            }
+            Outbound::Control(control) => Frame::Control(control),
+            Outbound::Gap {
+                subscription,
+                from,
+                to,
+                reason,
+            } => Frame::Control(protocol::gap(
+                self.encoding,
+                &subscription,
+                &from,
+                &to,
+                reason,
+            )),
+        };
+        self.bytes += frame.wire().len() as u64;
+        frame
+    }
+
+    /// The last offset delivered per partition on `subscription`, this batch included.
+    pub fn delivered(&self, subscription: &str) -> Option<&Positions> {
+        self.delivered.get(subscription)
+    }
+
+    /// Counts the batch as written: deliveries, bytes, and the write stage when recording.
+    pub fn written(self) {
+        if let Some(drained_at) = self.drained_at
+            && self.events > 0
+        {
+            STAGES.write.record(drained_at.elapsed());
+        }
+        self.metrics.deliveries.inc_by(self.events);
+        self.metrics.bytes_out.inc_by(self.bytes);
+    }
+}
