@@ -97,6 +97,16 @@ fn main() -> ExitCode {
         Err(e) => {
             let message = format!("error: {e:#}");
             eprintln!("{message}");
+            // A failure with a condition reason of its own is tagged for the operator, which
+            // shows it as that reason instead of `CrashLoopBackOff`.
+            let reason = e
+                .chain()
+                .find_map(|c| c.downcast_ref::<sink::SinkError>())
+                .and_then(sink::SinkError::condition_reason);
+            let message = match reason {
+                Some(reason) => format!("[{reason}] {message}"),
+                None => message,
+            };
             write_termination_message(Path::new(TERMINATION_LOG), &message);
             ExitCode::FAILURE
         }

@@ -747,39 +747,6 @@ fn connection_limit_answers_503_before_upgrade_and_health_reports_clients() {
 }
 
 #[test]
-fn a_silent_client_is_closed_after_the_idle_timeout_and_a_live_one_is_not() {
-    on_multi_thread_runtime(
-        "a_silent_client_is_closed_after_the_idle_timeout_and_a_live_one_is_not",
-        async {
-            let (_kafka, bootstrap) = kafka(1);
-            let bridge = Bridge::start(config(
-                &bootstrap,
-                "t",
-                "pingInterval: 200ms, idleTimeout: 700ms",
-            ))
-            .await;
-            let mut silent = connect(&bridge.url("/ws"), None).await;
-            let mut live = connect(&bridge.url("/ws"), None).await;
-            subscribe(&mut live, "*").await;
-            // The live client keeps reading (its library answers pings); the silent one reads nothing.
-            let deadline = tokio::time::Instant::now() + Duration::from_millis(1500);
-            while tokio::time::Instant::now() < deadline {
-                send(&mut live, json!({"type": "ping"})).await;
-                assert_eq!(next_json(&mut live).await["type"], "pong");
-                tokio::time::sleep(Duration::from_millis(100)).await;
-            }
-            assert_eq!(
-                close_code(&mut silent).await,
-                Some(CloseCode::Library(4000))
-            );
-            produce_keyed(&bootstrap, 0, 3).await;
-            assert_eq!(events(&mut live, 3).await.len(), 3);
-            bridge.stop().await;
-        },
-    );
-}
-
-#[test]
 fn sse_sends_a_snapshot_as_a_message_whatever_its_payload_says() {
     on_multi_thread_runtime(
         "sse_sends_a_snapshot_as_a_message_whatever_its_payload_says",

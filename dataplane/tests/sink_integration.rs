@@ -391,6 +391,212 @@ async fn offset_resets_move_stored_positions_once_per_database() -> TestResult {
     Ok(())
 }
 
+/// Positions stored past the end of the topic (the topic was deleted and created again while
+/// the sink was stopped; here: a new cluster whose topic has the same name and fewer records)
+/// must not make the sink take every new record for "already stored". `sink_tansu.rs` deletes
+/// and re-creates a topic on a real broker.
+#[tokio::test]
+async fn positions_past_the_end_of_the_topic_restart_it_from_the_beginning() -> TestResult {
+    let (kafka, pg, url) = setup(2)?;
+    let mut before = Default::default();
+    produce_range(&kafka.bootstrap(), 0..300, &mut before).await?;
+    run_until(
+        &config(&kafka.bootstrap(), ", maxRows: 100, maxDelay: 50ms"),
+        &url,
+        300,
+    )
+    .await?;
+    drop(kafka);
+
+    let kafka = MockKafka::new(1)?;
+    kafka.create_topic(TOPIC, 2, 1)?;
+    kafka.create_topic(DLQ, 1, 1)?;
+    let mut after = Default::default();
+    produce_range(&kafka.bootstrap(), 1_000..1_040, &mut after).await?;
+    let sink = Sink::start(
+        &config(&kafka.bootstrap(), ", maxRows: 100, maxDelay: 50ms"),
+        &url,
+    )?;
+    sink.wait_until("the reset to be counted", Duration::from_secs(60), || async {
+        sink.metric(r#"eventstream_sink_offset_resets_total{reason="topic_recreated",stream="test/frames"}"#)
+            .await
+            .is_ok_and(|v| v == Some(2.0))
+    })
+    .await?;
+    wait_rows(&sink, &url, 40, Duration::from_secs(60)).await?;
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    assert_exactly_once(&url, &counts_vec(&after)).await?;
+    let aside = pg.psql(
+        "postgres",
+        "SELECT count(*), min((payload->>'seq')::int), max((payload->>'seq')::int) FROM frames_superseded",
+    )?;
+    assert_eq!(
+        aside.trim(),
+        "300|0|299",
+        "the earlier topic's rows are kept aside"
+    );
+    let resets = pg.psql(
+        "postgres",
+        r#"SELECT string_agg(reason || ':' || moved || ':' || (detail LIKE '%past the high watermark%'), ',') FROM eventstream_offset_resets"#,
+    )?;
+    assert_eq!(
+        resets.trim(),
+        "topic_recreated:true:true,topic_recreated:true:true"
+    );
+    assert!(
+        sink.log().contains("the topic was re-created"),
+        "{}",
+        sink.log()
+    );
+    drop(sink);
+    drop(kafka);
+    Ok(())
+}
+
+/// `payload: binary`: the payload lands in a `bytea` column byte for byte — bytes that are not
+/// UTF-8 or JSON, NUL bytes, an empty payload — and a tombstone (no payload) is NULL.
+#[tokio::test]
+async fn binary_payloads_are_stored_as_bytea_byte_for_byte() -> TestResult {
+    let (kafka, pg, url) = setup(1)?;
+    let mut records: Vec<(Option<Vec<u8>>, Vec<u8>)> = vec![
+        (Some(b"k".to_vec()), vec![0x00, 0xff, 0xfe, 0x80, 0x00]),
+        (Some(b"k".to_vec()), b"not json at all".to_vec()),
+        (None, br#"{"json":"too"}"#.to_vec()),
+        (Some(b"k".to_vec()), Vec::new()),
+    ];
+    records.extend((0..=255u8).map(|b| (Some(vec![b'b']), vec![b; 1 + b as usize])));
+    eventstream_testkit::produce(&kafka.bootstrap(), TOPIC, &records).await?;
+    // A tombstone: a key without a payload.
+    let producer: rdkafka::producer::FutureProducer =
+        eventstream_testkit::kafka::producer_config(&kafka.bootstrap()).create()?;
+    producer
+        .send(
+            rdkafka::producer::FutureRecord::<str, [u8]>::to(TOPIC).key("gone"),
+            Duration::from_secs(10),
+        )
+        .await
+        .map_err(|(e, _)| e)?;
+    let total = records.len() as i64 + 1;
+
+    let sink = Sink::start(
+        &config(
+            &kafka.bootstrap(),
+            ", payload: binary, maxRows: 100, maxDelay: 50ms",
+        ),
+        &url,
+    )?;
+    wait_rows(&sink, &url, total, Duration::from_secs(60)).await?;
+    let column = pg.psql(
+        "postgres",
+        "SELECT format_type(atttypid, atttypmod) FROM pg_attribute WHERE attrelid = 'frames'::regclass AND attname = 'payload'",
+    )?;
+    assert_eq!(column.trim(), "bytea");
+    let client = connect(&url).await?;
+    let rows = client
+        .query(
+            r#"SELECT "offset", key, payload FROM frames ORDER BY "offset""#,
+            &[],
+        )
+        .await?;
+    assert_eq!(rows.len() as i64, total);
+    for (row, (key, payload)) in rows.iter().zip(&records) {
+        let offset: i64 = row.get(0);
+        let stored_key: Option<String> = row.get(1);
+        let stored: Option<Vec<u8>> = row.get(2);
+        assert_eq!(
+            stored_key.map(String::into_bytes),
+            key.clone(),
+            "key at {offset}"
+        );
+        assert_eq!(stored.as_ref(), Some(payload), "payload at {offset}");
+    }
+    let tombstone = rows.last().ok_or("no rows")?;
+    assert_eq!(
+        tombstone.get::<_, Option<String>>(1).as_deref(),
+        Some("gone")
+    );
+    assert_eq!(tombstone.get::<_, Option<Vec<u8>>>(2), None);
+    let dead = sink
+        .metric(r#"eventstream_sink_dead_letters_total{"#)
+        .await?;
+    assert_eq!(dead, None, "nothing is dead-lettered:\n{}", sink.log());
+    drop(sink);
+    drop(kafka);
+    Ok(())
+}
+
+/// A table belongs to one stream: its key `("partition", "offset")` has no topic, so a second
+/// stream's rows would collide with the first one's and be dropped as "already stored". The
+/// second stream's sink refuses to start, naming the owner, and so does a sink whose table holds
+/// rows it did not write — until the user claims the table for it.
+#[tokio::test]
+async fn a_table_of_another_stream_is_refused() -> TestResult {
+    let (kafka, pg, url) = setup(2)?;
+    kafka.create_topic("laps", 2, 1)?;
+    let mut counts = Default::default();
+    produce_range(&kafka.bootstrap(), 0..100, &mut counts).await?;
+    run_until(
+        &config(&kafka.bootstrap(), ", maxRows: 50, maxDelay: 50ms"),
+        &url,
+        100,
+    )
+    .await?;
+
+    // Stream test/laps, topic laps, pointed at the same table.
+    eventstream_testkit::produce(
+        &kafka.bootstrap(),
+        "laps",
+        &[(Some("k"), r#"{"lap":1}"#), (Some("k"), r#"{"lap":2}"#)],
+    )
+    .await?;
+    let other = config(&kafka.bootstrap(), ", maxRows: 50, maxDelay: 50ms")
+        .replace("name: frames }", "name: laps }")
+        .replace("topic: frames\n", "topic: laps\n")
+        .replace(
+            "consumerGroup: eventstream.test.frames.sink",
+            "consumerGroup: laps",
+        );
+    let mut sink = Sink::start(&other, &url)?;
+    let status = sink.exit_status(Duration::from_secs(30)).await?;
+    assert!(!status.success(), "{}", sink.log());
+    let log = sink.log();
+    assert!(
+        log.contains("table frames belongs to stream test/frames (topic frames), not to test/laps (topic laps)"),
+        "{log}"
+    );
+    assert!(
+        log.contains("DELETE FROM \"eventstream_table_owners\""),
+        "{log}"
+    );
+    assert_exactly_once(&url, &counts_vec(&counts)).await?;
+
+    // A table with rows nobody claimed (loaded by hand, or written before claims existed by
+    // a stream that has no positions here) is refused too, until it is claimed.
+    pg.create_database("loaded")?;
+    let loaded = pg.url_for("loaded");
+    pg.psql("loaded", TABLE_WITHOUT_KEY)?;
+    pg.psql(
+        "loaded",
+        r#"INSERT INTO frames ("partition", "offset", ts, payload) VALUES (0, 0, now(), '{"by":"hand"}')"#,
+    )?;
+    let mine = config(&kafka.bootstrap(), ", maxRows: 50, maxDelay: 50ms");
+    let mut sink = Sink::start(&mine, &loaded)?;
+    let status = sink.exit_status(Duration::from_secs(30)).await?;
+    assert!(!status.success(), "{}", sink.log());
+    let log = sink.log();
+    assert!(
+        log.contains("table frames already holds rows, and this database has no position of stream test/frames (topic frames)"),
+        "{log}"
+    );
+    pg.psql(
+        "loaded",
+        "INSERT INTO eventstream_table_owners (table_name, stream, topic) VALUES ('frames', 'test/frames', 'frames')",
+    )?;
+    run_until(&mine, &loaded, 101).await?;
+    drop(kafka);
+    Ok(())
+}
+
 mod bad_input {
     use super::*;
 

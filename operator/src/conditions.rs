@@ -109,10 +109,23 @@ const STUCK: [&str; 6] = [
     "CreateContainerError",
 ];
 
+/// Reasons the dataplane may put in front of its termination message (`[Reason] error: …`) for a
+/// failure that needs its own condition reason. Only these are taken over: the reason is a
+/// metric label, so the set stays bounded.
+const DATAPLANE_REASONS: [&str; 1] = ["TableOwnedByAnotherStream"];
+
+/// Splits `[Reason] rest` into a known dataplane reason and the rest.
+fn tagged_reason(message: &str) -> Option<(&'static str, &str)> {
+    let (tag, rest) = message.strip_prefix('[')?.split_once("] ")?;
+    let reason = DATAPLANE_REASONS.into_iter().find(|r| *r == tag)?;
+    Some((reason, rest))
+}
+
 /// Why the pods of a workload that is not ready fail, when a container says so: the first stuck
 /// container (crash loop, image pull, config error) with the message it left — the dataplane
 /// writes its fatal error to the termination log, so a sink that cannot use its table says
-/// exactly that here. `None` when no pod reports a failure (still starting, or scheduling).
+/// exactly that here, under the dataplane's own reason when it tagged one (see
+/// [`DATAPLANE_REASONS`]). `None` when no pod reports a failure (still starting, or scheduling).
 pub fn pod_failure(workload: &str, pods: &[Pod]) -> Option<Check> {
     let mut pods: Vec<&Pod> = pods.iter().collect();
     pods.sort_by_key(|p| p.metadata.name.clone());
@@ -138,6 +151,7 @@ pub fn pod_failure(workload: &str, pods: &[Pod]) -> Option<Check> {
                 .or_else(|| waiting.and_then(|w| w.message.as_deref()))
                 .unwrap_or("no message");
             let exit = last.map_or(String::new(), |t| format!(" (exit code {})", t.exit_code));
+            let (reason, said) = tagged_reason(said).unwrap_or((reason, said));
             return Some(Check::fail(
                 reason,
                 format!(
@@ -347,6 +361,34 @@ mod tests {
         assert_eq!(
             check.message,
             "Deployment telemetry-sink: pod sink-b, container sink: CrashLoopBackOff (exit code 1): error: table telemetry_frames cannot take the sink's rows: column payload is text, expected jsonb"
+        );
+        // A failure the dataplane tagged keeps its own reason: two streams on one table.
+        let taken = pod(
+            "sink-c",
+            serde_json::json!({"name": "sink", "ready": false, "restartCount": 2, "image": "i", "imageID": "",
+                "state": {"waiting": {"reason": "CrashLoopBackOff"}},
+                "lastState": {"terminated": {"exitCode": 1,
+                    "message": "[TableOwnedByAnotherStream] error: sink: table frames belongs to stream racing/laps (topic laps)"}}}),
+        );
+        let check = pod_failure("Deployment telemetry-sink", &[taken]).unwrap();
+        assert_eq!(check.reason, "TableOwnedByAnotherStream");
+        assert_eq!(
+            check.message,
+            "Deployment telemetry-sink: pod sink-c, container sink: TableOwnedByAnotherStream (exit code 1): error: sink: table frames belongs to stream racing/laps (topic laps)"
+        );
+        // An unknown tag is not a reason (reasons are metric labels): the message stays whole.
+        let odd = pod(
+            "sink-d",
+            serde_json::json!({"name": "sink", "ready": false, "restartCount": 2, "image": "i", "imageID": "",
+                "state": {"waiting": {"reason": "CrashLoopBackOff"}},
+                "lastState": {"terminated": {"exitCode": 1, "message": "[Whatever] error: x"}}}),
+        );
+        let check = pod_failure("Deployment telemetry-sink", &[odd]).unwrap();
+        assert_eq!(check.reason, "CrashLoopBackOff");
+        assert!(
+            check.message.ends_with("[Whatever] error: x"),
+            "{}",
+            check.message
         );
         let pulling = pod(
             "bridge-a",

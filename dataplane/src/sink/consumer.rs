@@ -31,12 +31,14 @@ use super::backoff::Backoff;
 use super::batch::BatchBuilder;
 use super::metrics::SinkMetrics;
 use super::record::{Record, classify};
-use super::writer::{Command, Outcome, WRITE_TIMEOUT};
+use super::writer::{Command, Outcome, WRITE_TIMEOUT, Watermarks};
 
 /// Batches handed to the writer and not yet answered: one being written, one waiting.
 const MAX_IN_FLIGHT: usize = 2;
 /// Longest single `poll`, so shutdown and retries are noticed promptly.
 const POLL_SLICE: Duration = Duration::from_millis(100);
+/// Longest wait for one partition's watermarks when positioning it.
+const WATERMARK_TIMEOUT: Duration = Duration::from_secs(5);
 /// Minimum time between two identical Kafka error logs.
 const ERROR_LOG_INTERVAL: Duration = Duration::from_secs(10);
 
@@ -59,6 +61,33 @@ pub struct Settings {
     pub payload: PayloadFormat,
     /// How long shutdown waits for the last batch.
     pub shutdown_grace: Duration,
+    /// `group.instance.id`: static group membership, see [`group_instance_id`].
+    pub group_instance_id: Option<String>,
+}
+
+/// Set it to give the sink a static group membership under this id (it wins over the pod name).
+pub const ENV_GROUP_INSTANCE_ID: &str = "EVENTSTREAM_GROUP_INSTANCE_ID";
+
+/// The session timeout of a static member: how long its partitions wait for it after it died
+/// for good (a deleted pod; a rollout, since a static member does not leave the group on
+/// shutdown). A container restart within it takes its partitions back at once.
+pub const STATIC_SESSION_TIMEOUT_MS: &str = "20000";
+
+/// The sink's `group.instance.id`, from the environment: `EVENTSTREAM_GROUP_INSTANCE_ID`, else
+/// `POD_NAME`, else, in a Kubernetes pod (`KUBERNETES_SERVICE_HOST` set), `HOSTNAME`, which
+/// Kubernetes sets to the pod name. A pod name survives a container restart, so a sink that
+/// crashed and restarts rejoins as the same member and gets its partitions back at once instead
+/// of waiting for its old session to expire. Outside a pod the host name may be shared by several
+/// sinks (which would fence each other), so there is no fallback: membership stays dynamic.
+pub fn group_instance_id(env: impl Fn(&str) -> Option<String>) -> Option<String> {
+    let set = |name: &str| {
+        env(name)
+            .map(|v| v.trim().to_string())
+            .filter(|v| !v.is_empty())
+    };
+    set(ENV_GROUP_INSTANCE_ID)
+        .or_else(|| set("POD_NAME"))
+        .or_else(|| set("KUBERNETES_SERVICE_HOST").and_then(|_| set("HOSTNAME")))
 }
 
 /// Readiness flags the consumer maintains.
@@ -70,12 +99,27 @@ pub struct Flags {
     pub topic: Arc<AtomicBool>,
 }
 
-/// Consumer settings from the shared Kafka settings plus the sink's group semantics.
-pub fn consumer_config(mut base: ClientConfig, group: &str) -> ClientConfig {
+/// Consumer settings from the shared Kafka settings plus the sink's group semantics. With an
+/// `instance` id (and no `group.instance.id` in the Kafka properties) the member is static.
+pub fn consumer_config(
+    mut base: ClientConfig,
+    group: &str,
+    instance: Option<&str>,
+) -> ClientConfig {
+    if let Some(id) = instance
+        && base.get("group.instance.id").is_none()
+    {
+        base.set("group.instance.id", id);
+    }
+    let session_timeout = if base.get("group.instance.id").is_some() {
+        STATIC_SESSION_TIMEOUT_MS
+    } else {
+        "30000"
+    };
     let defaults = [
         ("auto.offset.reset", "earliest"),
         ("statistics.interval.ms", "5000"),
-        ("session.timeout.ms", "30000"),
+        ("session.timeout.ms", session_timeout),
     ];
     for (key, value) in defaults {
         if base.get(key).is_none() {
@@ -127,10 +171,30 @@ pub struct SinkContext {
 type SinkConsumer = BaseConsumer<SinkContext>;
 
 impl Engine {
-    fn lookup(&self, partitions: &[i32]) -> Result<BTreeMap<i32, i64>, SinkError> {
+    /// The positions stored in PostgreSQL, checked against the partitions' watermarks so that a
+    /// re-created topic restarts from its beginning instead of being skipped (see
+    /// [`Writer::positions`](super::writer::Writer::positions)).
+    fn lookup(
+        &self,
+        consumer: &SinkConsumer,
+        partitions: &[i32],
+    ) -> Result<BTreeMap<i32, i64>, SinkError> {
+        let mut watermarks = Watermarks::new();
+        for p in partitions {
+            // A partition Kafka does not answer for is not checked (nothing is moved without
+            // evidence); the check runs again on the next assignment or reposition.
+            match consumer.fetch_watermarks(&self.settings.topic, *p, WATERMARK_TIMEOUT) {
+                Ok(w) => {
+                    watermarks.insert(*p, w);
+                }
+                Err(e) => {
+                    tracing::debug!(partition = p, error = %e, "no watermarks; the stored position is used unchecked");
+                }
+            }
+        }
         let (reply, answer) = std::sync::mpsc::channel();
         self.commands
-            .blocking_send(Command::Positions(partitions.to_vec(), reply))
+            .blocking_send(Command::Positions(partitions.to_vec(), watermarks, reply))
             .map_err(|_| SinkError::WriterGone)?;
         answer
             .recv_timeout(WRITE_TIMEOUT + Duration::from_secs(5))
@@ -258,6 +322,21 @@ impl Engine {
         self.flags.postgres.store(false, Ordering::Release);
     }
 
+    /// Writes what was read, then pauses `partition` until [`reposition`](Self::reposition)
+    /// seeks it to its stored offset.
+    fn reposition_one(&mut self, consumer: &SinkConsumer, partition: i32) {
+        let grace = self.settings.shutdown_grace;
+        self.flush(consumer, grace);
+        if let Some(state) = self.partitions.get_mut(&partition) {
+            state.positioned = false;
+        }
+        if let Err(e) = consumer.pause(&self.tpl([partition])) {
+            tracing::warn!(partition, error = %e, "pausing a partition failed");
+        }
+        self.recovering = true;
+        self.retry_at = Instant::now();
+    }
+
     /// Seeks every unpositioned partition to its stored offset and resumes it.
     fn reposition(&mut self, consumer: &SinkConsumer) {
         let waiting: Vec<i32> = self
@@ -267,7 +346,7 @@ impl Engine {
             .map(|(p, _)| *p)
             .collect();
         if !waiting.is_empty() {
-            let positions = match self.lookup(&waiting) {
+            let positions = match self.lookup(consumer, &waiting) {
                 Ok(positions) => positions,
                 Err(e) => {
                     let delay = self.backoff.next_delay();
@@ -326,7 +405,7 @@ impl Engine {
         }
     }
 
-    fn on_message(&mut self, message: &BorrowedMessage<'_>) {
+    fn on_message(&mut self, consumer: &SinkConsumer, message: &BorrowedMessage<'_>) {
         if message.topic() != self.settings.topic {
             return;
         }
@@ -335,8 +414,22 @@ impl Engine {
         let Some(state) = self.partitions.get_mut(&partition) else {
             return;
         };
-        if !state.positioned || offset < state.next {
-            // Fetched before a reposition, or delivered twice: it is read again in order.
+        if !state.positioned {
+            // Fetched before a reposition: it is read again in order.
+            return;
+        }
+        if offset < state.next {
+            // librdkafka moved the partition back by itself: its position was out of range and
+            // `auto.offset.reset` took it to the start, which happens when the topic was deleted
+            // and created again under the consumer. Position it from PostgreSQL again, where the
+            // lookup compares the stored position with the watermarks.
+            tracing::warn!(
+                partition,
+                offset,
+                expected = state.next,
+                "Kafka delivered an offset below the expected one; repositioning the partition from PostgreSQL"
+            );
+            self.reposition_one(consumer, partition);
             return;
         }
         let headers = message
@@ -386,7 +479,7 @@ impl SinkContext {
         let mut engine = self.engine.lock();
         let parts = partitions_of(tpl, &self.topic);
         let mut unpositioned = Vec::new();
-        match engine.lookup(&parts) {
+        match engine.lookup(consumer, &parts) {
             Ok(positions) => {
                 let mut stored = self.stored.lock();
                 for p in &parts {
@@ -633,7 +726,13 @@ pub fn run(parts: ConsumerParts) -> Result<(), SinkError> {
         metrics,
         last_error: Mutex::new(None),
     };
-    let consumer: SinkConsumer = consumer_config(kafka, &settings.group)
+    let client_config = consumer_config(
+        kafka,
+        &settings.group,
+        settings.group_instance_id.as_deref(),
+    );
+    let instance = client_config.get("group.instance.id").map(str::to_string);
+    let consumer: SinkConsumer = client_config
         .create_with_context(context)
         .map_err(|source| SinkError::Kafka {
             action: "creating the consumer".into(),
@@ -649,7 +748,12 @@ pub fn run(parts: ConsumerParts) -> Result<(), SinkError> {
             source,
         })?;
     flags.postgres.store(true, Ordering::Release);
-    tracing::info!(topic, group = %settings.group, "sink consuming");
+    tracing::info!(
+        topic,
+        group = %settings.group,
+        instance = %instance.as_deref().unwrap_or("none (dynamic membership)"),
+        "sink consuming"
+    );
 
     while !shutdown.is_cancelled() {
         let timeout = {
@@ -674,7 +778,11 @@ pub fn run(parts: ConsumerParts) -> Result<(), SinkError> {
         };
         match consumer.poll(timeout) {
             None => {}
-            Some(Ok(message)) => consumer.context().engine.lock().on_message(&message),
+            Some(Ok(message)) => consumer
+                .context()
+                .engine
+                .lock()
+                .on_message(&consumer, &message),
             Some(Err(e)) => {
                 if let KafkaError::MessageConsumption(
                     RDKafkaErrorCode::UnknownTopicOrPartition | RDKafkaErrorCode::UnknownTopic,
@@ -709,8 +817,58 @@ pub fn run(parts: ConsumerParts) -> Result<(), SinkError> {
             tracing::debug!(error = %e, "final Kafka offset commit failed (lag visibility only)");
         }
     }
-    // Dropping the consumer closes it: it leaves the group, so the partitions move at once.
+    // Dropping the consumer closes it: a dynamic member leaves the group, so the partitions move
+    // at once; a static member stays until its session times out (it may be a container that
+    // restarts under the same pod name).
     drop(consumer);
     tracing::info!("sink stopped");
     Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn env<'a>(vars: &'a [(&'a str, &'a str)]) -> impl Fn(&str) -> Option<String> + 'a {
+        move |name| {
+            vars.iter()
+                .find(|(n, _)| *n == name)
+                .map(|(_, v)| v.to_string())
+        }
+    }
+
+    #[test]
+    fn the_instance_id_is_the_pod_name_and_never_a_shared_host_name() {
+        let pod = [
+            ("KUBERNETES_SERVICE_HOST", "10.0.0.1"),
+            ("HOSTNAME", "telemetry-sink-7d9-x2"),
+        ];
+        assert_eq!(
+            group_instance_id(env(&pod)).as_deref(),
+            Some("telemetry-sink-7d9-x2")
+        );
+        let named = [("POD_NAME", "sink-a"), ("HOSTNAME", "h")];
+        assert_eq!(group_instance_id(env(&named)).as_deref(), Some("sink-a"));
+        let explicit = [(ENV_GROUP_INSTANCE_ID, "mine"), ("POD_NAME", "sink-a")];
+        assert_eq!(group_instance_id(env(&explicit)).as_deref(), Some("mine"));
+        // A laptop or CI host: several sinks may share the host name.
+        assert_eq!(group_instance_id(env(&[("HOSTNAME", "laptop")])), None);
+        assert_eq!(group_instance_id(env(&[("POD_NAME", " ")])), None);
+    }
+
+    #[test]
+    fn a_static_member_gets_its_own_session_timeout_unless_configured() {
+        let c = consumer_config(ClientConfig::new(), "g", Some("sink-a"));
+        assert_eq!(c.get("group.instance.id"), Some("sink-a"));
+        assert_eq!(c.get("session.timeout.ms"), Some(STATIC_SESSION_TIMEOUT_MS));
+        let c = consumer_config(ClientConfig::new(), "g", None);
+        assert_eq!(c.get("group.instance.id"), None);
+        assert_eq!(c.get("session.timeout.ms"), Some("30000"));
+        let mut base = ClientConfig::new();
+        base.set("group.instance.id", "from-properties")
+            .set("session.timeout.ms", "45000");
+        let c = consumer_config(base, "g", Some("sink-a"));
+        assert_eq!(c.get("group.instance.id"), Some("from-properties"));
+        assert_eq!(c.get("session.timeout.ms"), Some("45000"));
+    }
 }

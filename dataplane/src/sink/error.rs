@@ -107,6 +107,18 @@ pub enum SinkError {
         "sink.timescale is `on` but the TimescaleDB extension is not available in this database (install TimescaleDB, or set timescale: auto or off)"
     )]
     TimescaleMissing,
+    /// The events table belongs to another stream (or holds rows this stream did not write): its
+    /// key `("partition", "offset")` has no topic, so rows of two streams would collide and one
+    /// of them would be dropped as "already stored".
+    #[error("table {table} {why}; a table holds the rows of one stream only. {fix}")]
+    TableOwnedByAnotherStream {
+        /// The table.
+        table: String,
+        /// Who owns it, or what is in it.
+        why: String,
+        /// What the user can do.
+        fix: String,
+    },
     /// A schema statement failed.
     #[error("cannot prepare table {table}: {action}: {source}")]
     Schema {
@@ -199,8 +211,18 @@ impl SinkError {
             | Self::TlsRequired { .. }
             | Self::TlsHandshake { .. }
             | Self::IncompatibleTable { .. }
+            | Self::TableOwnedByAnotherStream { .. }
             | Self::TimescaleMissing
             | Self::WriterGone => false,
+        }
+    }
+
+    /// The `SinkReady` condition reason the operator shows for this error when it stops the sink,
+    /// if it has one of its own (see `operator/src/conditions.rs`, `DATAPLANE_REASONS`).
+    pub fn condition_reason(&self) -> Option<&'static str> {
+        match self {
+            Self::TableOwnedByAnotherStream { .. } => Some("TableOwnedByAnotherStream"),
+            _ => None,
         }
     }
 
@@ -217,6 +239,7 @@ impl SinkError {
             }
             Self::ConnectTimeout { .. } => "timeout",
             Self::IncompatibleTable { .. } => "incompatible_table",
+            Self::TableOwnedByAnotherStream { .. } => "table_owned_by_another_stream",
             Self::TimescaleMissing => "timescale_missing",
             Self::Schema { .. } => "schema",
             Self::Database { .. } => "database",

@@ -24,6 +24,7 @@ pub struct SinkMetrics {
     dead_letters: IntCounterVec,
     database_errors: IntCounterVec,
     skipped: IntCounterVec,
+    offset_resets: IntCounterVec,
     /// 1 while the assigned partitions are paused because the database is unavailable.
     pub paused: IntGauge,
 }
@@ -86,6 +87,14 @@ impl SinkMetrics {
             &["stream", "reason"],
         )?;
         registry.register(Box::new(skipped.clone()))?;
+        let offset_resets = IntCounterVec::new(
+            Opts::new(
+                "eventstream_sink_offset_resets_total",
+                "Partitions the sink restarted from their low watermark, by reason (topic_recreated: the stored position was past the end of the topic)",
+            ),
+            &["stream", "reason"],
+        )?;
+        registry.register(Box::new(offset_resets.clone()))?;
         let paused_vec = IntGaugeVec::new(
             Opts::new(
                 "eventstream_sink_paused",
@@ -126,6 +135,7 @@ impl SinkMetrics {
             dead_letters,
             database_errors,
             skipped,
+            offset_resets,
             paused: paused_vec.with_label_values(&[stream]),
         })
     }
@@ -165,5 +175,12 @@ impl SinkMetrics {
                 .with_label_values(&[self.stream.as_str(), reason])
                 .inc_by(n);
         }
+    }
+
+    /// Counts one position reset the sink made for `reason`.
+    pub fn offset_reset(&self, reason: &str) {
+        self.offset_resets
+            .with_label_values(&[self.stream.as_str(), reason])
+            .inc();
     }
 }

@@ -61,6 +61,9 @@ pub struct SinkOptions {
     pub max_payload_bytes: Option<usize>,
     /// Record bytes per batch, see [`DEFAULT_MAX_BATCH_BYTES`].
     pub max_batch_bytes: usize,
+    /// Static group membership under this `group.instance.id` ([`run`] takes it from the pod's
+    /// environment, see [`consumer::group_instance_id`]); `None`: dynamic membership.
+    pub group_instance_id: Option<String>,
 }
 
 impl SinkOptions {
@@ -70,6 +73,7 @@ impl SinkOptions {
             postgres_url: postgres_url.into(),
             max_payload_bytes: None,
             max_batch_bytes: DEFAULT_MAX_BATCH_BYTES,
+            group_instance_id: None,
         }
     }
 }
@@ -91,7 +95,9 @@ pub async fn run(
             "{ENV_POSTGRES_URL} is not set: the sink reads the PostgreSQL URL (postgres://user:password@host:port/database) from it"
         )
     })?;
-    run_with(config, SinkOptions::new(url), registry, shutdown)
+    let mut options = SinkOptions::new(url);
+    options.group_instance_id = consumer::group_instance_id(|name| std::env::var(name).ok());
+    run_with(config, options, registry, shutdown)
         .await
         .context("sink")
 }
@@ -175,6 +181,7 @@ pub async fn run_with(
                 .unwrap_or(config.ingest.max_body_bytes as usize),
             payload: sink.payload,
             shutdown_grace: config.server.shutdown_grace,
+            group_instance_id: options.group_instance_id.clone(),
         },
         kafka,
         commands,

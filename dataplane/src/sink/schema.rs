@@ -1,7 +1,9 @@
 //! The tables the sink owns: the events table (created when absent, checked when present, a
 //! TimescaleDB hypertable when asked and possible), `eventstream_offsets`, the positions that
-//! make writes exactly once, and `eventstream_offset_resets`, the operator-requested position
-//! resets already applied. The checks and DDL are pure functions; [`prepare`] runs them.
+//! make writes exactly once, `eventstream_offset_resets`, the position resets already applied
+//! (operator-requested, or made by the sink for a re-created topic), and
+//! `eventstream_table_owners`, the one stream each events table belongs to. The checks and DDL
+//! are pure functions; [`prepare`] runs them.
 //!
 //! `docs/persistence.md` documents the schema and the queries the indexes serve.
 
@@ -12,8 +14,11 @@ use super::SinkError;
 
 /// Name of the positions table, created in the events table's schema.
 pub const OFFSETS_TABLE: &str = "eventstream_offsets";
-/// The offset resets a database has seen (`sink.offsetReset`), so each applies once.
+/// The offset resets a database has seen (`sink.offsetReset`), so each applies once, and the
+/// positions the sink moved itself (a re-created topic), with the reason.
 pub const RESETS_TABLE: &str = "eventstream_offset_resets";
+/// Which stream each events table of the schema belongs to.
+pub const OWNERS_TABLE: &str = "eventstream_table_owners";
 
 /// A `[schema.]table` name from the config (already validated as lower-case identifiers).
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -73,6 +78,17 @@ impl TableName {
     /// The quoted, qualified offset-resets table for SQL.
     pub fn resets_sql(&self) -> String {
         self.qualify(RESETS_TABLE)
+    }
+
+    /// The quoted, qualified table-owners table for SQL.
+    pub fn owners_sql(&self) -> String {
+        self.qualify(OWNERS_TABLE)
+    }
+
+    /// The quoted, qualified table that keeps the rows of a topic's earlier incarnation when the
+    /// topic was deleted and created again (`<table>_superseded`).
+    pub fn superseded_sql(&self) -> String {
+        self.qualify(&ident_limit(format!("{}_superseded", self.name)))
     }
 
     /// The name of the primary key the sink gives a table it creates.
@@ -196,7 +212,114 @@ pub fn ddl(table: &TableName, storage: Storage, format: PayloadFormat) -> Vec<St
            PRIMARY KEY (stream, topic, id)\n)",
         table.resets_sql()
     ));
+    // Added after the table's first release: a reset is `requested` (sink.offsetReset) or made
+    // by the sink itself (`topic_recreated`), with what it did in `detail`.
+    out.push(format!(
+        "ALTER TABLE {} ADD COLUMN IF NOT EXISTS reason text NOT NULL DEFAULT 'requested', \
+         ADD COLUMN IF NOT EXISTS detail text",
+        table.resets_sql()
+    ));
+    out.push(format!(
+        "CREATE TABLE IF NOT EXISTS {} (\n  \
+           table_name text PRIMARY KEY,\n  \
+           stream text NOT NULL,\n  \
+           topic text NOT NULL,\n  \
+           claimed_at timestamptz NOT NULL DEFAULT now()\n)",
+        table.owners_sql()
+    ));
     out
+}
+
+/// The stream a sink writes for: `namespace/name` and its topic.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Owner {
+    /// `namespace/name`.
+    pub stream: String,
+    /// The source topic.
+    pub topic: String,
+}
+
+/// Makes sure `table` belongs to `owner`, claiming it when nobody has: a table holds one stream's
+/// rows only, because its key `("partition", "offset")` has no topic and a second stream's row at
+/// the same position would be taken for "already stored" and dropped. A table nobody claimed yet
+/// that already holds rows is claimed only when this database holds positions of `owner` (a table
+/// the stream wrote before claims existed); otherwise its rows are someone else's.
+async fn claim(tx: &impl GenericClient, table: &TableName, owner: &Owner) -> Result<(), SinkError> {
+    let owners = table.owners_sql();
+    let claimed = tx
+        .query_opt(
+            &format!("SELECT stream, topic FROM {owners} WHERE table_name = $1"),
+            &[&table.name],
+        )
+        .await
+        .map_err(schema_error(table, "reading the table's owner"))?;
+    let release = format!(
+        "If the other stream is gone and this one should take the table over, run \
+         DELETE FROM {owners} WHERE table_name = '{}' first.",
+        table.name
+    );
+    if let Some(row) = claimed {
+        let (stream, topic): (String, String) = (row.get(0), row.get(1));
+        if stream == owner.stream && topic == owner.topic {
+            return Ok(());
+        }
+        return Err(SinkError::TableOwnedByAnotherStream {
+            table: table.display(),
+            why: format!(
+                "belongs to stream {stream} (topic {topic}), not to {} (topic {})",
+                owner.stream, owner.topic
+            ),
+            fix: format!("Give this stream a sink.table of its own. {release}"),
+        });
+    }
+    let has_rows: bool = tx
+        .query_one(
+            &format!("SELECT EXISTS (SELECT 1 FROM {})", table.sql()),
+            &[],
+        )
+        .await
+        .map_err(schema_error(table, "looking for rows in the table"))?
+        .get(0);
+    if has_rows {
+        let ours: i64 = tx
+            .query_one(
+                &format!(
+                    "SELECT count(*) FROM {} WHERE stream = $1 AND topic = $2",
+                    table.offsets_sql()
+                ),
+                &[&owner.stream, &owner.topic],
+            )
+            .await
+            .map_err(schema_error(table, "reading stored positions"))?
+            .get(0);
+        if ours == 0 {
+            return Err(SinkError::TableOwnedByAnotherStream {
+                table: table.display(),
+                why: format!(
+                    "already holds rows, and this database has no position of stream {} (topic {}): \
+                     they were written by another stream or loaded by hand",
+                    owner.stream, owner.topic
+                ),
+                fix: format!(
+                    "Give this stream a sink.table of its own, or, to add this stream's rows to \
+                     these anyway (rows at positions already in the table are skipped), run \
+                     INSERT INTO {owners} (table_name, stream, topic) VALUES ('{}', '{}', '{}').",
+                    table.name, owner.stream, owner.topic
+                ),
+            });
+        }
+    }
+    tx.execute(
+        &format!(
+            "INSERT INTO {owners} (table_name, stream, topic) VALUES ($1, $2, $3) \
+             ON CONFLICT (table_name) DO NOTHING"
+        ),
+        &[&table.name, &owner.stream, &owner.topic],
+    )
+    .await
+    .map_err(schema_error(table, "claiming the table for the stream"))?;
+    tracing::info!(table = %table.display(), stream = %owner.stream, topic = %owner.topic, "table claimed for the stream in {OWNERS_TABLE}");
+    Ok(())
 }
 
 /// One column of an existing table, as `pg_attribute` describes it.
@@ -333,11 +456,12 @@ pub async fn recheck(
     }
 }
 
-/// Creates what is missing and checks what exists, under an advisory lock so that sink replicas
-/// starting together do not race on `CREATE TABLE`.
+/// Creates what is missing, checks what exists and claims the table for `owner` (see [`claim`]),
+/// under an advisory lock so that sink replicas starting together do not race on `CREATE TABLE`.
 pub async fn prepare(
     client: &mut Client,
     table: &TableName,
+    owner: &Owner,
     mode: Timescale,
     format: PayloadFormat,
 ) -> Result<SchemaInfo, SinkError> {
@@ -375,6 +499,16 @@ pub async fn prepare(
             table,
             "creating the table, its indexes, eventstream_offsets or eventstream_offset_resets",
         ))?;
+    }
+    // Under the schema lock, so two streams starting together cannot both claim the table.
+    if let Err(refused) = claim(&tx, table, owner).await {
+        if let SinkError::TableOwnedByAnotherStream { .. } = refused {
+            // Keep the tables just created: the fix the error names edits the owners table.
+            tx.commit()
+                .await
+                .map_err(schema_error(table, "committing the schema"))?;
+        }
+        return Err(refused);
     }
     let dedup = tx
         .query(

@@ -74,12 +74,22 @@ pub struct Committed {
 pub enum Command {
     /// Write a batch; the result goes to the outcome channel.
     Write(Batch),
-    /// Look up (and seed) the stored positions of partitions.
+    /// Look up (and seed) the stored positions of partitions, given the (low, high) watermarks
+    /// Kafka reported for them: a stored position past the high watermark means the topic was
+    /// deleted and created again, and the partition starts again from its low watermark (see
+    /// [`Writer::positions`]).
     Positions(
         Vec<i32>,
+        Watermarks,
         std::sync::mpsc::Sender<Result<BTreeMap<i32, i64>, SinkError>>,
     ),
 }
+
+/// `(low, high)` watermarks by partition, for the partitions Kafka answered for.
+pub type Watermarks = BTreeMap<i32, (i64, i64)>;
+
+/// The `reason` of a position reset the sink made because the topic was re-created.
+pub const RESET_TOPIC_RECREATED: &str = "topic_recreated";
 
 /// The result of a [`Command::Write`].
 #[derive(Debug)]
@@ -258,7 +268,11 @@ impl Writer {
     async fn open(&self) -> Result<Session, SinkError> {
         let (mut client, tls) = connect::connect(&self.endpoint).await?;
         let t = &self.target;
-        let info = schema::prepare(&mut client, &t.table, t.timescale, t.payload).await?;
+        let owner = schema::Owner {
+            stream: t.stream.clone(),
+            topic: t.topic.clone(),
+        };
+        let info = schema::prepare(&mut client, &t.table, &owner, t.timescale, t.payload).await?;
         let offsets = t.table.offsets_sql();
         let prepare = |sql: String| {
             let client = &client;
@@ -320,13 +334,27 @@ impl Writer {
     }
 
     /// The stored `next_offset` of each partition, creating rows at 0 for new partitions.
-    pub async fn positions(&mut self, partitions: &[i32]) -> Result<BTreeMap<i32, i64>, SinkError> {
-        let result = tokio::time::timeout(WRITE_TIMEOUT, self.positions_once(partitions))
-            .await
-            .unwrap_or(Err(SinkError::Timeout {
-                action: "reading stored positions",
-                seconds: WRITE_TIMEOUT.as_secs(),
-            }));
+    ///
+    /// A stored position past the partition's high watermark in `watermarks` cannot be a position
+    /// of this topic: the topic was deleted and created again under the same name, and every
+    /// record of the new one would be taken for "already stored". Such a partition starts again
+    /// from its low watermark, never silently: in one transaction the rows of the earlier
+    /// incarnation at offsets from there on move to `<table>_superseded` (they would collide
+    /// with the new records on the table's key), the position moves, and the reset is recorded
+    /// in `eventstream_offset_resets` with reason `topic_recreated`; it is counted in
+    /// `eventstream_sink_offset_resets_total` and logged at WARN.
+    pub async fn positions(
+        &mut self,
+        partitions: &[i32],
+        watermarks: &Watermarks,
+    ) -> Result<BTreeMap<i32, i64>, SinkError> {
+        let result =
+            tokio::time::timeout(WRITE_TIMEOUT, self.positions_once(partitions, watermarks))
+                .await
+                .unwrap_or(Err(SinkError::Timeout {
+                    action: "reading stored positions",
+                    seconds: WRITE_TIMEOUT.as_secs(),
+                }));
         if let Err(e) = &result {
             self.fail(e);
         }
@@ -336,6 +364,7 @@ impl Writer {
     async fn positions_once(
         &mut self,
         partitions: &[i32],
+        watermarks: &Watermarks,
     ) -> Result<BTreeMap<i32, i64>, SinkError> {
         self.connect().await?;
         let session = self.session.as_ref().ok_or(SinkError::WriterGone)?;
@@ -354,7 +383,116 @@ impl Writer {
             )
             .await
             .map_err(db("reading stored positions"))?;
-        Ok(rows.iter().map(|r| (r.get(0), r.get(1))).collect())
+        let mut positions: BTreeMap<i32, i64> = rows.iter().map(|r| (r.get(0), r.get(1))).collect();
+        for (p, next) in positions.iter_mut() {
+            if let Some((low, high)) = watermarks.get(p).copied()
+                && *next > high
+            {
+                *next = self.restart_partition(*p, *next, low, high).await?;
+            }
+        }
+        Ok(positions)
+    }
+
+    /// Moves `partition` of a re-created topic back to `low`; see [`positions`](Self::positions).
+    /// Returns the stored position afterwards.
+    async fn restart_partition(
+        &mut self,
+        partition: i32,
+        stored: i64,
+        low: i64,
+        high: i64,
+    ) -> Result<i64, SinkError> {
+        let session = self.session.as_mut().ok_or(SinkError::WriterGone)?;
+        let t = &self.target;
+        let tx = session
+            .client
+            .transaction()
+            .await
+            .map_err(db("beginning a position reset"))?;
+        let current: i64 = tx
+            .query_one(
+                &format!(
+                    "SELECT next_offset FROM {} WHERE stream = $1 AND topic = $2 AND \"partition\" = $3 FOR UPDATE",
+                    t.table.offsets_sql()
+                ),
+                &[&t.stream, &t.topic, &partition],
+            )
+            .await
+            .map_err(db("locking a stored position"))?
+            .get(0);
+        if current <= high {
+            // Another sink of the stream reset it meanwhile.
+            return Ok(current);
+        }
+        let columns: Vec<String> = schema::columns(&tx, &t.table)
+            .await?
+            .unwrap_or_default()
+            .into_iter()
+            .map(|c| format!("\"{}\"", c.name.replace('"', "\"\"")))
+            .collect();
+        let columns = columns.join(", ");
+        let superseded = t.table.superseded_sql();
+        tx.batch_execute(&format!(
+            "SET LOCAL client_min_messages = warning;
+             CREATE TABLE IF NOT EXISTS {superseded} (LIKE {} INCLUDING DEFAULTS,
+                superseded_at timestamptz NOT NULL DEFAULT now())",
+            t.table.sql()
+        ))
+        .await
+        .map_err(db("creating the table for rows of a re-created topic"))?;
+        let moved = tx
+            .execute(
+                &format!(
+                    "WITH moved AS (DELETE FROM {} WHERE \"partition\" = $1 AND \"offset\" >= $2 RETURNING *)
+                     INSERT INTO {superseded} ({columns}) SELECT {columns} FROM moved",
+                    t.table.sql()
+                ),
+                &[&partition, &low],
+            )
+            .await
+            .map_err(db("moving rows of a re-created topic aside"))?;
+        tx.execute(
+            &format!(
+                "UPDATE {} SET next_offset = $4, updated_at = now()
+                 WHERE stream = $1 AND topic = $2 AND \"partition\" = $3",
+                t.table.offsets_sql()
+            ),
+            &[&t.stream, &t.topic, &partition, &low],
+        )
+        .await
+        .map_err(db("moving a stored position"))?;
+        let at = chrono::Utc::now().to_rfc3339_opts(chrono::SecondsFormat::Millis, true);
+        let id = format!("{RESET_TOPIC_RECREATED}:{partition}:{stored}@{at}");
+        let detail = format!(
+            "partition {partition}: stored next offset {stored} is past the high watermark {high}: \
+             the topic was deleted and created again; restarted at the low watermark {low}; \
+             {moved} row(s) of the earlier topic moved to {}",
+            t.table.superseded_sql()
+        );
+        tx.execute(
+            &format!(
+                "INSERT INTO {} (stream, topic, id, moved, reason, detail) VALUES ($1, $2, $3, true, $4, $5)",
+                t.table.resets_sql()
+            ),
+            &[&t.stream, &t.topic, &id, &RESET_TOPIC_RECREATED, &detail],
+        )
+        .await
+        .map_err(db("recording a position reset"))?;
+        tx.commit()
+            .await
+            .map_err(db("committing a position reset"))?;
+        self.metrics.offset_reset(RESET_TOPIC_RECREATED);
+        tracing::warn!(
+            partition,
+            stored,
+            low,
+            high,
+            rows_moved = moved,
+            superseded = %t.table.superseded_sql(),
+            "the topic was re-created (the stored position is past its end): the partition starts again at its low watermark, and the rows of the earlier topic were moved aside"
+        );
+        Ok(low)
     }
 
     fn fail(&mut self, e: &SinkError) {
@@ -539,8 +677,8 @@ impl Writer {
                         break;
                     }
                 }
-                Command::Positions(partitions, reply) => {
-                    let _ = reply.send(self.positions(&partitions).await);
+                Command::Positions(partitions, watermarks, reply) => {
+                    let _ = reply.send(self.positions(&partitions, &watermarks).await);
                 }
             }
         }

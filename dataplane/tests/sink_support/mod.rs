@@ -36,6 +36,15 @@ pub struct Sink {
 
 impl Sink {
     pub fn start(config: &str, url: &str) -> Result<Self, Box<dyn std::error::Error>> {
+        Self::start_with_env(config, url, &[])
+    }
+
+    /// [`Sink::start`] with extra environment variables (`POD_NAME`, …).
+    pub fn start_with_env(
+        config: &str,
+        url: &str,
+        env: &[(&str, &str)],
+    ) -> Result<Self, Box<dyn std::error::Error>> {
         let port = free_port()?;
         let config = config.replace("LISTEN_PORT", &port.to_string());
         let mut file = tempfile::NamedTempFile::new()?;
@@ -50,6 +59,10 @@ impl Sink {
             .env_remove("PGSSLKEY")
             .env("RUST_LOG", "info,librdkafka=warn,rdkafka=warn")
             .env("NO_COLOR", "1")
+            .env_remove("POD_NAME")
+            .env_remove("KUBERNETES_SERVICE_HOST")
+            .env_remove("EVENTSTREAM_GROUP_INSTANCE_ID")
+            .envs(env.iter().copied())
             .stdout(Stdio::null())
             .stderr(Stdio::piped())
             .spawn()?;
