@@ -1032,3 +1032,131 @@ fn acked_records(acks: &soak::Acks) -> BTreeMap<Position, soak::TopicRecord> {
         })
         .collect()
 }
+
+/// A tansu broker started with `--authentication`: every request but ApiVersions and the SASL
+/// handshake is refused until the connection authenticated. (The testkit's broker probes
+/// readiness without SASL, so this test runs its own.)
+struct SaslTansu {
+    child: std::process::Child,
+    port: u16,
+    _dir: tempfile::TempDir,
+}
+
+impl SaslTansu {
+    fn start() -> Result<Self> {
+        let binary = TansuBroker::binary()?;
+        let dir = tempfile::Builder::new()
+            .prefix("eventstream-sasl-tansu-")
+            .tempdir()?;
+        let port = eventstream_testkit::free_port()?;
+        let url = format!("tcp://127.0.0.1:{port}");
+        let log = std::fs::File::create(dir.path().join("tansu.log"))?;
+        let child = Command::new(binary)
+            .arg("broker")
+            .args(["--listener-url", &url, "--advertised-listener-url", &url])
+            .args(["--storage-engine", "memory://tansu/", "--authentication"])
+            .current_dir(dir.path())
+            .env("RUST_LOG", "warn")
+            .stdin(std::process::Stdio::null())
+            .stdout(log.try_clone()?)
+            .stderr(log)
+            .spawn()
+            .context("spawning tansu --authentication")?;
+        Ok(Self {
+            child,
+            port,
+            _dir: dir,
+        })
+    }
+
+    fn bootstrap(&self) -> String {
+        format!("127.0.0.1:{}", self.port)
+    }
+}
+
+impl Drop for SaslTansu {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+/// Kafka SASL end to end as far as a broker here serves it: tansu 0.6 with `--authentication`
+/// serves SASL PLAIN (and SCRAM, but only with credentials its storage engines other than the
+/// in-memory one keep) and no TLS (its TLS flags are parsed but never used). The operator's
+/// admin code creates the topic over SASL_PLAINTEXT/PLAIN, a bridge configured as the operator
+/// renders a `kafka.secretRef` stream (mechanism in the config, credentials in the environment)
+/// acknowledges events and delivers them to a WebSocket client; the same admin code without
+/// SASL is refused, so the broker really required it.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn kafka_sasl_plain_end_to_end_against_tansu() -> Result<()> {
+    use eventstream_crds::config::{ENV_KAFKA_PASSWORD, ENV_KAFKA_USERNAME};
+    use eventstream_crds::v1alpha1::{SaslMechanism, SecurityProtocol};
+    use eventstream_operator::kafka_admin::{
+        DesiredTopic, KafkaConnection, RdKafkaAdmin, ensure_topic,
+    };
+
+    let binary = tokio::task::spawn_blocking(dataplane_binary).await??;
+    let broker = SaslTansu::start()?;
+    let mut es = stream::load_example("sim-racing-telemetry.yaml")?;
+    es.spec.kafka.bootstrap_servers = Some(broker.bootstrap());
+    es.spec.persistence = None;
+    let desired = DesiredTopic::from_stream(&es)?;
+    let sasl = KafkaConnection {
+        security_protocol: SecurityProtocol::SaslPlaintext,
+        sasl_mechanism: Some(SaslMechanism::Plain),
+        username: Some("eventstream".into()),
+        password: Some("secret".into()),
+        ..KafkaConnection::plaintext(broker.bootstrap())
+    };
+    let admin = RdKafkaAdmin::new(Duration::from_secs(5));
+    let topic = eventually(
+        "the topic to be created over SASL",
+        STEP_TIMEOUT,
+        || async { Ok(Some(ensure_topic(&admin, &sasl, &desired).await?)) },
+    )
+    .await?;
+    ensure!(topic.topic.partitions == 10, "{topic:?}");
+    let refused = ensure_topic(
+        &admin,
+        &KafkaConnection::plaintext(broker.bootstrap()),
+        &desired,
+    )
+    .await;
+    ensure!(
+        refused.is_err(),
+        "the broker answered a client without SASL: {refused:?}"
+    );
+
+    let dir = tempfile::tempdir()?;
+    let listen = stream::free_listen()?;
+    let mut config = stream::render(&es, listen)?;
+    config.kafka.security_protocol = SecurityProtocol::SaslPlaintext;
+    config.kafka.sasl_mechanism = Some(SaslMechanism::Plain);
+    let path = stream::write_config(&config, dir.path(), "bridge-sasl")?;
+    let mut bridge = Dataplane::new("bridge-sasl", &binary, "bridge", &path, listen, dir.path())
+        .env(ENV_KAFKA_USERNAME, "eventstream")
+        .env(ENV_KAFKA_PASSWORD, "secret");
+    bridge.start(STEP_TIMEOUT).await?;
+    let result = async {
+        let mut follower =
+            Follower::connect("all@sasl", &bridge.ws_url("/ws"), "*", STEP_TIMEOUT).await?;
+        let producer = Producer::new()?;
+        let (mut acks, mut seq) = (Acks::default(), 0);
+        post_events(
+            &producer,
+            &bridge.http_url("/produce"),
+            &mut acks,
+            &mut seq,
+            8,
+        )
+        .await?;
+        follower.wait_for(8, STEP_TIMEOUT).await?;
+        check_follower(&follower, &acks.all(), &acks)
+    }
+    .await;
+    if result.is_err() {
+        eprintln!("{}", bridge.log_tail(60));
+    }
+    result
+}
