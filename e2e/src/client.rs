@@ -34,9 +34,14 @@ pub struct Producer {
 impl Producer {
     /// A producer whose every request times out after 30 s.
     pub fn new() -> Result<Self> {
+        Self::with_timeout(Duration::from_secs(30))
+    }
+
+    /// A producer whose every request times out after `timeout`.
+    pub fn with_timeout(timeout: Duration) -> Result<Self> {
         Ok(Self {
             http: reqwest::Client::builder()
-                .timeout(Duration::from_secs(30))
+                .timeout(timeout)
                 .build()
                 .context("building an HTTP client")?,
         })

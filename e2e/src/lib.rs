@@ -7,7 +7,8 @@
 //!   operator's own Kafka admin code, dataplane configs rendered by the operator's own config
 //!   builder from the EventStreams in `examples/`, and the real `eventstream-dataplane bridge`
 //!   and `sink` binaries run as processes ([`process`]) and driven over HTTP and WebSocket
-//!   ([`client`]);
+//!   ([`client`]); its randomized fault soak runs beside them the followers and the ingest of
+//!   [`soak`];
 //! * the **kind suite** (`tests/kind.rs`, feature `kind`), run by `e2e/kind.sh` against a kind
 //!   cluster through the current kubeconfig; its pure parts (names unique per run, the Kafka
 //!   tools' command line, image references) are in [`kind`], tested without a cluster.
@@ -19,6 +20,7 @@ pub mod binary;
 pub mod client;
 pub mod kind;
 pub mod process;
+pub mod soak;
 pub mod stream;
 
 use std::time::Duration;

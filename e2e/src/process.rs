@@ -1,6 +1,8 @@
 //! One `eventstream-dataplane bridge|sink` process, as a pod would run it: the binary, the mode,
 //! `--config FILE`, secrets in the environment. Its stdout and stderr go to a log file (appended
-//! across restarts) whose tail is part of every error about it. Dropping it SIGKILLs the process.
+//! across restarts) whose tail is part of every error about it. It can be SIGKILLed, stopped with
+//! SIGTERM, or frozen with SIGSTOP (to hold a fault test's window open). Dropping it SIGKILLs the
+//! process.
 
 use std::fs::OpenOptions;
 use std::net::SocketAddr;
@@ -152,21 +154,28 @@ impl Dataplane {
         Ok(())
     }
 
+    /// SIGSTOP: the process stays alive but does nothing — reads no record, writes no frame,
+    /// answers no request — until it gets SIGCONT or SIGKILL. A fault test freezes a process to
+    /// pin the dangerous moment: whatever is acknowledged while it is frozen is, provably, still
+    /// on its way when the kill (or the SIGTERM) lands.
+    pub fn freeze(&mut self) -> Result<()> {
+        let Some(child) = self.child.as_ref() else {
+            bail!("{} is not running", self.name);
+        };
+        append_marker(&self.log, "--- SIGSTOP");
+        signal(child.id(), "STOP")
+    }
+
     /// SIGTERM (what Kubernetes sends on a rollout) and waits for the exit; the process must
-    /// exit successfully within `timeout`.
+    /// exit successfully within `timeout`. A [frozen](Self::freeze) process gets SIGCONT right
+    /// after the SIGTERM, so it wakes up with the signal pending, as a paused container would.
     pub async fn terminate(&mut self, timeout: Duration) -> Result<()> {
         let Some(mut child) = self.child.take() else {
             return Ok(());
         };
         append_marker(&self.log, "--- SIGTERM");
-        // `kill -TERM` rather than a libc call: the workspace forbids unsafe code.
-        let status = Command::new("kill")
-            .args(["-TERM", &child.id().to_string()])
-            .status()
-            .context("running kill -TERM")?;
-        if !status.success() {
-            bail!("kill -TERM {} failed with {status}", child.id());
-        }
+        signal(child.id(), "TERM")?;
+        signal(child.id(), "CONT")?;
         let deadline = tokio::time::Instant::now() + timeout;
         loop {
             if let Some(status) = child.try_wait().context("waiting for the process")? {
@@ -211,6 +220,18 @@ impl Drop for Dataplane {
             let _ = child.wait();
         }
     }
+}
+
+/// `kill -<name> <pid>`, rather than a libc call: the workspace forbids unsafe code.
+fn signal(pid: u32, name: &str) -> Result<()> {
+    let status = Command::new("kill")
+        .args([&format!("-{name}"), &pid.to_string()])
+        .status()
+        .with_context(|| format!("running kill -{name} {pid}"))?;
+    if !status.success() {
+        bail!("kill -{name} {pid} failed with {status}");
+    }
+    Ok(())
 }
 
 fn append_marker(log: &Path, line: &str) {

@@ -4,7 +4,8 @@
 //! the server with `pg_ctl` on `127.0.0.1` and a free port (its Unix socket
 //! also lives in the temp dir, so parallel tests never share anything).
 //! Dropping the value stops the server (`pg_ctl stop -m immediate`) and
-//! removes the directory.
+//! removes the directory. [`TestPostgres::crash`] does the same immediate
+//! stop mid-test (a database crash) and keeps the data for a restart.
 //!
 //! Binaries come from `$PG_BIN_DIR`, else `/usr/lib/postgresql/15/bin`
 //! (Debian package `postgresql-15`). `initdb` refuses to run as root, so when
@@ -402,8 +403,27 @@ impl TestPostgres {
         Ok(())
     }
 
+    /// Crashes the server (`pg_ctl stop -m immediate`: every server process quits at once, no
+    /// shutdown checkpoint, open transactions die with their sessions), keeping the data dir and
+    /// port for [`start_again`](Self::start_again), which then runs crash recovery. Commits the
+    /// server acknowledged survive only with `synchronous_commit=on` (see
+    /// [`TestPostgresBuilder::setting`]); `fsync=off` is harmless here since the machine itself
+    /// does not crash.
+    pub fn crash(&mut self) -> Result<(), HarnessError> {
+        if !self.running {
+            return Ok(());
+        }
+        let mut cmd = self.pg_command("pg_ctl");
+        cmd.arg("-D")
+            .arg(&self.data_dir)
+            .args(["-m", "immediate", "-w", "-t", "60", "stop"]);
+        run(&mut cmd, "crashing PostgreSQL (immediate stop)").map_err(|e| self.with_log(e))?;
+        self.running = false;
+        Ok(())
+    }
+
     /// Starts the server again on the same data dir and port after
-    /// [`stop`](Self::stop). Retries for a few seconds if the port is
+    /// [`stop`](Self::stop) or [`crash`](Self::crash). Retries for a few seconds if the port is
     /// briefly taken.
     pub fn start_again(&mut self) -> Result<(), HarnessError> {
         if self.running {
