@@ -264,7 +264,12 @@ async fn telemetry_stream_end_to_end_with_crashes_and_restarts() -> Result<()> {
         let path = stream::write_config(&config, dir.path(), name)?;
         let mut dp = Dataplane::new(name, &binary, mode, &path, listen, dir.path());
         if mode == "sink" {
-            dp = dp.env(ENV_POSTGRES_URL, &pg.url());
+            // A sink pod keeps its name across container restarts; the sink takes it as its
+            // static group membership (`group.instance.id`), so a restarted sink gets its
+            // partitions back at once instead of after the killed member's session expires.
+            dp = dp
+                .env(ENV_POSTGRES_URL, &pg.url())
+                .env("POD_NAME", &format!("{name}-{}", std::process::id()));
         }
         Ok(dp)
     };
@@ -664,13 +669,12 @@ const SOAK_MAX_ROUNDS: usize = 40;
 /// Each ingest task posts at most one event per this (two tasks: ~100 events/s), so the soak
 /// leaves the machine's cores to the processes under test.
 const SOAK_PACE: Duration = Duration::from_millis(20);
-/// Whether the soak SIGKILLs the sink. Off until issue 13 item 8 (static group membership) is
-/// merged: with it on, the soak (seed 1796122511844585375) found restarted sinks assigned only
-/// part of the partitions while killed members' sessions lived on, and the last restart
-/// assigned nothing at all (`assigned partitions … {}`) and stayed so for 180 s: 2344 of 5357
-/// records never reached PostgreSQL. While off, the schedule's SIGKILLs of the sink become
-/// SIGTERMs (a member that leaves the group cleanly); turn it on with the fix.
-const SOAK_SIGKILLS_SINK: bool = false;
+/// Whether the soak SIGKILLs the sink. Before static group membership (issue 13 item 8) it
+/// could not: seed 1796122511844585375 found restarted sinks assigned only part of the
+/// partitions while killed members' sessions lived on, and the last restart assigned nothing
+/// for 180 s (2344 of 5357 records never reached PostgreSQL). With `POD_NAME` the restarted
+/// sink takes its partitions back at once. Kept as a switch to bisect a sink failure.
+const SOAK_SIGKILLS_SINK: bool = true;
 /// The final checks may wait this long for the followers and the table to catch up: a sink
 /// restarted by the last rounds may first wait for its partitions (issue 13, item 8).
 const SOAK_SETTLE: Duration = Duration::from_secs(180);
@@ -715,7 +719,12 @@ async fn randomized_fault_soak() -> Result<()> {
         let path = stream::write_config(&config, dir.path(), name)?;
         let mut dp = Dataplane::new(name, &binary, mode, &path, listen, dir.path());
         if mode == "sink" {
-            dp = dp.env(ENV_POSTGRES_URL, &pg.url());
+            // A sink pod keeps its name across container restarts; the sink takes it as its
+            // static group membership (`group.instance.id`), so a restarted sink gets its
+            // partitions back at once instead of after the killed member's session expires.
+            dp = dp
+                .env(ENV_POSTGRES_URL, &pg.url())
+                .env("POD_NAME", &format!("{name}-{}", std::process::id()));
         }
         Ok(dp)
     };
