@@ -168,7 +168,8 @@ pub struct IngestConfig {
     /// Payload enrichment.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub enrich: Option<EnrichSpec>,
-    /// CORS allow-list.
+    /// Browser origins allowed on every bridge route (CORS on ingest, `/sse`, `/health`,
+    /// `/stats`; the WebSocket upgrade's `Origin`).
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub cors_origins: Vec<String>,
 }
