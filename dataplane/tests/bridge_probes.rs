@@ -58,7 +58,7 @@ async fn readiness_turns_false_when_kafka_is_lost_and_true_when_it_is_back() {
             port,
             &kafka.bootstrap(),
             "probes",
-            "kafkaUnreadyAfter: 2s",
+            "kafkaUnreadyAfter: 5s",
             "",
         ),
     );
@@ -81,7 +81,7 @@ async fn readiness_turns_false_when_kafka_is_lost_and_true_when_it_is_back() {
     assert_eq!(health["status"], "kafka_unreachable", "{health}");
     assert_eq!(health["kafka"]["state"], "unreachable", "{health}");
     assert!(
-        health["kafka"]["silentForMs"].as_u64().unwrap_or(0) > 2000,
+        health["kafka"]["silentForMs"].as_u64().unwrap_or(0) > 5000,
         "{health}"
     );
     // Alive all along: a liveness probe must not restart a bridge for Kafka's outage.
@@ -111,7 +111,7 @@ async fn a_sigterm_drain_is_unready_at_once_and_still_serves_its_clients() {
         port,
         // Long enough that the drain is observed whatever the machine's load; the test does
         // not wait for it to pass on its own, it waits for the exit.
-        &config(port, &kafka.bootstrap(), "probes", "drainDelay: 8s", ""),
+        &config(port, &kafka.bootstrap(), "probes", "drainDelay: 20s", ""),
     );
     bridge
         .until("ready", "/readyz", |status, _| status == 200)
