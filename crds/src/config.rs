@@ -102,6 +102,22 @@ pub struct ServerConfig {
     /// How long shutdown waits for clients and in-flight work after SIGTERM.
     #[serde(default = "default_shutdown_grace", with = "serde_str")]
     pub shutdown_grace: Duration,
+    /// Bridge: how long it may go without any answer from Kafka (a fetched record, or the
+    /// partition metadata and watermarks it reads regularly) before `/readyz` and `/health`
+    /// report it unready, so that a Service stops sending it new clients.
+    /// Left out of the YAML at its default: the operator does not set it, and its rendered
+    /// ConfigMaps stay as they were.
+    #[serde(
+        default = "default_kafka_unready_after",
+        with = "serde_str",
+        skip_serializing_if = "is_default_kafka_unready_after"
+    )]
+    pub kafka_unready_after: Duration,
+    /// Bridge: after SIGTERM, how long it keeps serving (clients connected, new ones accepted)
+    /// while `/readyz` already answers 503, before it closes its clients and stops: the time a
+    /// load balancer needs to stop sending it new clients. Not part of `shutdownGrace`.
+    #[serde(default, with = "serde_str", skip_serializing_if = "Duration::is_zero")]
+    pub drain_delay: Duration,
 }
 
 impl Default for ServerConfig {
@@ -109,6 +125,8 @@ impl Default for ServerConfig {
         Self {
             listen: default_listen(),
             shutdown_grace: default_shutdown_grace(),
+            kafka_unready_after: default_kafka_unready_after(),
+            drain_delay: Duration::ZERO,
         }
     }
 }
@@ -150,7 +168,8 @@ pub struct IngestConfig {
     /// Payload enrichment.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub enrich: Option<EnrichSpec>,
-    /// CORS allow-list.
+    /// Browser origins allowed on every bridge route (CORS on ingest, `/sse`, `/health`,
+    /// `/stats`; the WebSocket upgrade's `Origin`).
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub cors_origins: Vec<String>,
 }
@@ -432,6 +451,13 @@ impl DataplaneConfig {
             bad("topic", reason);
         }
 
+        if self.server.kafka_unready_after < Duration::from_secs(1) {
+            bad(
+                "server.kafkaUnreadyAfter",
+                "must be at least 1s (the bridge checks Kafka a few times within it)".into(),
+            );
+        }
+
         let ingest = &self.ingest;
         if let Some(key) = &ingest.key_field
             && let Err(e) = pointer::check(key)
@@ -643,6 +669,14 @@ fn default_listen() -> SocketAddr {
 fn default_shutdown_grace() -> Duration {
     Duration::from_secs(10)
 }
+/// Three failed 10 s metadata reads in a row: a broker restart or a leader election passes
+/// well within it, a lost network does not.
+fn default_kafka_unready_after() -> Duration {
+    Duration::from_secs(30)
+}
+fn is_default_kafka_unready_after(value: &Duration) -> bool {
+    *value == default_kafka_unready_after()
+}
 fn default_max_body_bytes() -> u32 {
     1024 * 1024
 }
@@ -718,6 +752,19 @@ topic: shop.clicks
         let config = DataplaneConfig::from_yaml(MINIMAL).expect("valid");
         let again = DataplaneConfig::from_yaml(&config.to_yaml()).expect("valid");
         assert_eq!(config, again);
+    }
+
+    #[test]
+    fn kafka_unready_after_defaults_to_30s_and_is_written_only_when_set() {
+        let config = DataplaneConfig::from_yaml(MINIMAL).expect("valid");
+        assert_eq!(config.server.kafka_unready_after, Duration::from_secs(30));
+        assert!(!config.to_yaml().contains("kafkaUnreadyAfter"));
+        let text = format!("{MINIMAL}server: {{ kafkaUnreadyAfter: 5s }}\n");
+        let config = DataplaneConfig::from_yaml(&text).expect("valid");
+        assert_eq!(config.server.kafka_unready_after, Duration::from_secs(5));
+        assert!(config.to_yaml().contains("kafkaUnreadyAfter: 5s"));
+        let too_short = format!("{MINIMAL}server: {{ kafkaUnreadyAfter: 500ms }}\n");
+        assert_eq!(paths(&too_short), ["server.kafkaUnreadyAfter"]);
     }
 
     fn problems(text: &str) -> Vec<FieldError> {

@@ -291,7 +291,8 @@ pub struct IngestSpec {
     /// headers; these settings also write them, and fixed fields, into the JSON payload.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub enrich: Option<EnrichSpec>,
-    /// Origins allowed to call ingest from a browser (CORS). `*` allows any origin.
+    /// Origins allowed to use the bridge from a browser: CORS on ingest, `/sse`, `/health` and
+    /// `/stats`, and the `Origin` of a WebSocket upgrade (others get 403). `*` allows any origin.
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub cors_origins: Vec<String>,
 }

@@ -9,14 +9,22 @@
 //!
 //! Both stop the same way ([`StreamBridge::close`]), so a fix to the shutdown reaches both.
 
-use std::sync::Arc;
+use std::convert::Infallible;
+use std::sync::atomic::Ordering;
+use std::sync::{Arc, OnceLock};
+use std::task::Poll;
 use std::time::{Duration, Instant};
 
 use anyhow::Context;
 use axum::Router;
+use axum::extract::Request;
+use axum::http::{StatusCode, header};
+use axum::response::{IntoResponse, Json, Response};
 use eventstream_crds::config::{DataplaneConfig, ENV_JWT_KEY};
 use prometheus::Registry;
+use serde_json::json;
 use tokio_util::sync::CancellationToken;
+use tower::ServiceExt;
 
 use crate::ingest::Ingest;
 use crate::relay::{Relay, Shared};
@@ -64,11 +72,15 @@ impl StreamBridge {
         let relay = Relay::start(&config, &registry, readiness, shutdown, jwt_key)
             .await
             .with_context(|| format!("stream {name}: cannot start the fan-out"))?;
-        let mut router = relay.routes();
+        let shared = relay.shared();
+        // One allow-list for every route a page calls (checked by Ingest above already).
+        let origins = crate::cross_origin::Origins::new(&config.ingest.cors_origins)
+            .map_err(|e| anyhow::anyhow!("stream {name}: {e}"))?;
+        let mut router =
+            crate::cross_origin::protect_relay(relay.routes(), &origins, shared.clone());
         if let Some(ingest) = &ingest {
             router = router.merge(ingest.routes());
         }
-        let shared = relay.shared();
         let consumer = tokio::spawn(relay.run());
         Ok(Self {
             config,
@@ -142,6 +154,14 @@ pub async fn start(
 }
 
 /// [`start`] with the JWT key passed in.
+///
+/// The order is what probes need: the listener serves `/healthz`, `/readyz` and `/metrics`
+/// before Kafka is reached (a bridge waiting for its broker or topic is alive, not ready, and a
+/// liveness probe must not kill it); the stream's routes answer 503 `starting` until it is.
+/// When `shutdown` is cancelled the bridge drains: `/readyz` turns 503 at once, clients keep
+/// being served for `server.drainDelay`, then they are closed (WebSocket 1001 with positions)
+/// and new ones are refused with 503; the listener stays open until they are gone, so the
+/// probes read the truth to the end.
 pub async fn start_with_key(
     config: DataplaneConfig,
     registry: Registry,
@@ -151,32 +171,93 @@ pub async fn start_with_key(
     let listener = server::bind(config.server.listen).await?;
     let local_addr = listener.local_addr().context("listening address")?;
     let readiness = Readiness::default();
+    let started = readiness.register("started");
+    readiness.drain_on(&shutdown);
     let grace = config.server.shutdown_grace;
-    let bridge = StreamBridge::start(
+    let drain_delay = config.server.drain_delay;
+
+    let stream_routes: Arc<OnceLock<Router>> = Arc::default();
+    let app = server::ops_routes(registry.clone(), readiness.clone())
+        .fallback_service(Starting(stream_routes.clone()));
+    let stop_listening = CancellationToken::new();
+    let mut server = tokio::spawn(server::serve(listener, app, stop_listening.clone()));
+    tracing::info!(%local_addr, "serving /healthz, /readyz and /metrics; connecting to Kafka");
+
+    // Clients, ingest and the consumer stop on their own token, `drainDelay` after `shutdown`
+    // (at once while still starting: there is nobody to drain).
+    let stop_clients = CancellationToken::new();
+    {
+        let (shutdown, stop_clients, started) =
+            (shutdown.clone(), stop_clients.clone(), started.clone());
+        tokio::spawn(async move {
+            tokio::select! {
+                _ = shutdown.cancelled() => {}
+                _ = stop_clients.cancelled() => return,
+            }
+            if started.load(Ordering::Acquire) && !drain_delay.is_zero() {
+                tracing::info!(
+                    ?drain_delay,
+                    "draining: not ready; closing clients after the drain delay"
+                );
+                tokio::time::sleep(drain_delay).await;
+            }
+            stop_clients.cancel();
+        });
+    }
+
+    let bridge = match StreamBridge::start(
         config,
-        registry.clone(),
+        registry,
         &readiness,
-        shutdown.clone(),
+        stop_clients.clone(),
         jwt_key.as_deref(),
     )
-    .await?;
-    let router = bridge
-        .router
-        .clone()
-        .merge(server::ops_routes(registry, readiness));
+    .await
+    {
+        Ok(bridge) => bridge,
+        Err(e) => {
+            let stopping = stop_clients.is_cancelled();
+            stop_clients.cancel();
+            stop_listening.cancel();
+            let _ = tokio::time::timeout(grace, &mut server).await;
+            if stopping {
+                tracing::info!("shut down before Kafka was reached");
+                let task = tokio::spawn(async { Ok(()) });
+                return Ok(RunningBridge { local_addr, task });
+            }
+            return Err(e);
+        }
+    };
+    let _ = stream_routes.set(bridge.router.clone());
+    started.store(true, Ordering::Release);
     tracing::info!(%local_addr, "bridge listening (ingest, /ws, /sse, /health, /metrics)");
+
     let task = tokio::spawn(async move {
-        let stopped = shutdown.clone();
-        let serve = server::serve(listener, router, shutdown.clone());
-        tokio::pin!(serve);
         tokio::select! {
-            result = &mut serve => result?,
-            _ = stopped.cancelled() => {
-                // Connections close themselves on the token; give them the grace period.
-                match tokio::time::timeout(grace, &mut serve).await {
-                    Ok(result) => result?,
-                    Err(_) => tracing::warn!(?grace, "connections still open after the grace period; exiting"),
-                }
+            result = &mut server => {
+                // The server ended by itself (it cannot accept any more): stop the rest.
+                stop_clients.cancel();
+                bridge.close(Instant::now() + FLUSH_TIMEOUT.min(grace)).await;
+                return result.context("server task")?;
+            }
+            _ = stop_clients.cancelled() => {}
+        }
+        // Connections close themselves on the token; give them the grace period, while the
+        // listener still answers the probes (and refuses new clients with 503).
+        let deadline = Instant::now() + grace;
+        let relay = bridge.relay.clone();
+        while relay.connections.load(Ordering::Acquire) > 0 && Instant::now() < deadline {
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+        stop_listening.cancel();
+        let left = deadline.saturating_duration_since(Instant::now());
+        match tokio::time::timeout(left, &mut server).await {
+            Ok(result) => result.context("server task")??,
+            Err(_) => {
+                tracing::warn!(
+                    ?grace,
+                    "connections still open after the grace period; exiting"
+                )
             }
         }
         bridge
@@ -186,4 +267,37 @@ pub async fn start_with_key(
         Ok(())
     });
     Ok(RunningBridge { local_addr, task })
+}
+
+/// The stream's routes once it started; `503 starting` before (while Kafka or the topic is
+/// not there yet).
+#[derive(Clone)]
+struct Starting(Arc<OnceLock<Router>>);
+
+impl tower::Service<Request> for Starting {
+    type Response = Response;
+    type Error = Infallible;
+    type Future = futures::future::BoxFuture<'static, Result<Response, Infallible>>;
+
+    fn poll_ready(&mut self, _: &mut std::task::Context<'_>) -> Poll<Result<(), Infallible>> {
+        Poll::Ready(Ok(()))
+    }
+
+    fn call(&mut self, request: Request) -> Self::Future {
+        let routes = self.0.get().cloned();
+        Box::pin(async move {
+            match routes {
+                Some(routes) => routes.oneshot(request).await,
+                None => Ok((
+                    StatusCode::SERVICE_UNAVAILABLE,
+                    [(header::RETRY_AFTER, "1")],
+                    Json(json!({"error": {
+                        "code": "starting",
+                        "message": "the bridge is connecting to Kafka",
+                    }})),
+                )
+                    .into_response()),
+            }
+        })
+    }
 }

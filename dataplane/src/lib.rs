@@ -5,12 +5,14 @@
 //! - [`kafka`]: librdkafka client settings from the dataplane config (and secrets from the env).
 //! - [`telemetry`]: logging and the Prometheus registry.
 //! - [`server`]: the HTTP server skeleton: health, readiness, metrics, graceful shutdown.
+//! - [`cross_origin`]: the browser origins allowed on every bridge route (CORS, WebSocket `Origin`).
 //! - [`relay`]: Kafka → WebSocket/SSE fan-out with lossless resume.
 //! - [`sink`]: Kafka → PostgreSQL, exactly once.
 #![deny(missing_docs)]
 
 pub mod auth;
 pub mod bridge;
+pub mod cross_origin;
 pub mod ingest;
 pub mod kafka;
 pub mod relay;

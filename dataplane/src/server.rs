@@ -14,28 +14,69 @@ use parking_lot::Mutex;
 use prometheus::Registry;
 use tokio_util::sync::CancellationToken;
 
-type Checks = Arc<Mutex<Vec<(String, Arc<AtomicBool>)>>>;
+/// One readiness check: a flag its owner sets, or a condition evaluated at each probe (so that a
+/// condition that depends on time, such as "heard from Kafka lately", needs no ticker).
+#[derive(Clone)]
+enum Check {
+    Flag(Arc<AtomicBool>),
+    Condition(Arc<dyn Fn() -> bool + Send + Sync>),
+}
+
+impl Check {
+    fn ok(&self) -> bool {
+        match self {
+            Check::Flag(flag) => flag.load(Ordering::Acquire),
+            Check::Condition(ready) => ready(),
+        }
+    }
+}
+
+type Checks = Arc<Mutex<Vec<(String, Check)>>>;
 
 /// Named readiness checks: the process is ready when every registered check is.
 #[derive(Clone, Default)]
 pub struct Readiness {
     checks: Checks,
+    draining: Arc<std::sync::OnceLock<CancellationToken>>,
 }
 
 impl Readiness {
     /// Registers a check, initially not ready, and returns its flag.
     pub fn register(&self, name: &str) -> Arc<AtomicBool> {
         let flag = Arc::new(AtomicBool::new(false));
-        self.checks.lock().push((name.to_string(), flag.clone()));
+        self.checks
+            .lock()
+            .push((name.to_string(), Check::Flag(flag.clone())));
         flag
+    }
+
+    /// Registers a check that is ready whenever `ready` returns true (evaluated at each probe;
+    /// it must be cheap and must not block).
+    pub fn register_condition(&self, name: &str, ready: impl Fn() -> bool + Send + Sync + 'static) {
+        self.checks
+            .lock()
+            .push((name.to_string(), Check::Condition(Arc::new(ready))));
+    }
+
+    /// Registers `draining`: not ready from the moment `shutdown` is cancelled, so that a load
+    /// balancer stops sending new clients while the process closes the ones it has.
+    pub fn drain_on(&self, shutdown: &CancellationToken) {
+        let _ = self.draining.set(shutdown.clone());
+        let shutdown = shutdown.clone();
+        self.register_condition("draining", move || !shutdown.is_cancelled());
+    }
+
+    /// Whether the drain registered with [`drain_on`](Self::drain_on) has started.
+    pub fn is_draining(&self) -> bool {
+        self.draining.get().is_some_and(|t| t.is_cancelled())
     }
 
     /// Names of the checks that are not ready.
     pub fn pending(&self) -> Vec<String> {
-        self.checks
-            .lock()
+        let checks = self.checks.lock().clone();
+        checks
             .iter()
-            .filter(|(_, flag)| !flag.load(Ordering::Acquire))
+            .filter(|(_, check)| !check.ok())
             .map(|(name, _)| name.clone())
             .collect()
     }
@@ -143,4 +184,31 @@ pub async fn serve(
     .with_graceful_shutdown(async move { shutdown.cancelled().await })
     .await?;
     Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn readiness_names_every_failing_check_flags_conditions_and_the_drain() {
+        let readiness = Readiness::default();
+        let started = readiness.register("started");
+        let reachable = Arc::new(AtomicBool::new(true));
+        let r = reachable.clone();
+        readiness.register_condition("kafka-reachable", move || r.load(Ordering::Acquire));
+        let shutdown = CancellationToken::new();
+        readiness.drain_on(&shutdown);
+        assert_eq!(readiness.pending(), ["started"]);
+        started.store(true, Ordering::Release);
+        assert!(readiness.pending().is_empty());
+        // Ready is not for ever: conditions are read at each probe.
+        reachable.store(false, Ordering::Release);
+        assert_eq!(readiness.pending(), ["kafka-reachable"]);
+        reachable.store(true, Ordering::Release);
+        assert!(!readiness.is_draining());
+        shutdown.cancel();
+        assert_eq!(readiness.pending(), ["draining"]);
+        assert!(readiness.is_draining());
+    }
 }

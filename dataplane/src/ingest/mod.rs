@@ -127,7 +127,9 @@ impl Ingest {
     ) -> Result<Self, IngestError> {
         let ingest = &config.ingest;
         let rules = Rules::new(ingest).map_err(IngestError::Schema)?;
-        let cors = routes::cors(&ingest.cors_origins).map_err(IngestError::Cors)?;
+        let cors = crate::cross_origin::Origins::new(&ingest.cors_origins)
+            .map_err(IngestError::Cors)?
+            .cors(&[axum::http::Method::POST]);
         let verifier = match &config.auth {
             Some(auth) if auth.ingest => {
                 let key = jwt_key.ok_or(IngestError::MissingJwtKey)?;

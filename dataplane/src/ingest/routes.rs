@@ -12,12 +12,12 @@ use std::time::{Duration, Instant};
 use axum::Router;
 use axum::body::Body;
 use axum::extract::{Request, State};
-use axum::http::{HeaderMap, HeaderValue, Method, StatusCode, header};
+use axum::http::{HeaderMap, StatusCode, header};
 use axum::response::Response;
 use axum::routing::post;
 use bytes::{Bytes, BytesMut};
 use futures::StreamExt;
-use tower_http::cors::{AllowOrigin, CorsLayer};
+use tower_http::cors::CorsLayer;
 
 use super::Shared;
 use super::body::{self, Format};
@@ -43,65 +43,9 @@ pub fn router(shared: Arc<Shared>, cors: Option<CorsLayer>) -> Router {
     if let Some(cors) = cors {
         router = router.layer(cors);
     }
-    router.layer(axum::middleware::map_response(security_headers))
-}
-
-/// The CORS layer of an allow-list (`*`: any origin); `None` for an empty list (no
-/// cross-origin access). An origin that is not a valid header value is an error.
-pub fn cors(origins: &[String]) -> Result<Option<CorsLayer>, String> {
-    if origins.is_empty() {
-        return Ok(None);
-    }
-    let allow = if origins.iter().any(|o| o == "*") {
-        AllowOrigin::any()
-    } else {
-        let list = origins
-            .iter()
-            .map(|o| {
-                HeaderValue::from_str(o.trim_end_matches('/'))
-                    .map_err(|_| format!("ingest.corsOrigins: {o:?} is not a valid origin"))
-            })
-            .collect::<Result<Vec<_>, _>>()?;
-        AllowOrigin::list(list)
-    };
-    Ok(Some(
-        CorsLayer::new()
-            .allow_origin(allow)
-            .allow_methods([Method::POST])
-            .allow_headers([header::CONTENT_TYPE, header::AUTHORIZATION])
-            .expose_headers([header::RETRY_AFTER])
-            .max_age(Duration::from_secs(600)),
+    router.layer(axum::middleware::map_response(
+        crate::cross_origin::security_headers,
     ))
-}
-
-/// The headers `helmet` sets that matter for a JSON API, added unless a handler set them.
-async fn security_headers(mut response: Response) -> Response {
-    const HEADERS: [(header::HeaderName, &str); 8] = [
-        (header::X_CONTENT_TYPE_OPTIONS, "nosniff"),
-        (header::X_FRAME_OPTIONS, "DENY"),
-        (
-            header::CONTENT_SECURITY_POLICY,
-            "default-src 'none'; frame-ancestors 'none'",
-        ),
-        (header::REFERRER_POLICY, "no-referrer"),
-        (
-            header::STRICT_TRANSPORT_SECURITY,
-            "max-age=15552000; includeSubDomains",
-        ),
-        (header::CACHE_CONTROL, "no-store"),
-        (header::X_XSS_PROTECTION, "0"),
-        (
-            header::HeaderName::from_static("cross-origin-resource-policy"),
-            "same-site",
-        ),
-    ];
-    let headers = response.headers_mut();
-    for (name, value) in HEADERS {
-        if !headers.contains_key(&name) {
-            headers.insert(name, HeaderValue::from_static(value));
-        }
-    }
-    response
 }
 
 async fn produce(State(shared): State<Arc<Shared>>, request: Request) -> Response {

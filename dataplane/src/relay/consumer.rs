@@ -32,6 +32,7 @@ use tokio::sync::oneshot;
 use tokio_util::sync::CancellationToken;
 
 use super::channel::ChannelSource;
+use super::contact::{KafkaContact, probe_interval};
 use super::hub::Hub;
 use super::metrics::RelayMetrics;
 use super::protocol::Positions;
@@ -297,17 +298,21 @@ pub struct BridgeConsumer {
     pub assigned: Arc<AtomicBool>,
     /// Held while the assignment changes (new partitions, re-alignment after retention).
     assignment: Arc<tokio::sync::Mutex<()>>,
+    /// When Kafka last answered (readiness).
+    contact: Arc<KafkaContact>,
 }
 
 impl BridgeConsumer {
     /// Creates the consumer and assigns every partition (waiting, with retries, for the topic
     /// to exist); `earliest` starts from the oldest retained record instead of the live end.
+    /// Every answer from Kafka from then on is recorded in `contact`.
     pub async fn start(
         base: &ClientConfig,
         topic: &str,
         earliest: bool,
         hub: &Hub,
         ready: Arc<AtomicBool>,
+        contact: Arc<KafkaContact>,
         shutdown: &CancellationToken,
     ) -> Result<(Self, Positions), ConsumerError> {
         let consumer: StreamConsumer<RelayContext> = assign_only(base)
@@ -321,6 +326,7 @@ impl BridgeConsumer {
                 return Err(e);
             }
         };
+        contact.touch();
         hub.add_partitions(&start);
         let caught_up = start == target;
         ready.store(caught_up, Ordering::Release);
@@ -336,6 +342,7 @@ impl BridgeConsumer {
                 topic: topic.to_string(),
                 assigned: ready,
                 assignment: Arc::default(),
+                contact,
             },
             target,
         ))
@@ -371,6 +378,7 @@ impl BridgeConsumer {
                 assignment: self.assignment.clone(),
                 hub: hub.clone(),
                 metrics: metrics.clone(),
+                contact: self.contact.clone(),
             }
             .run(shutdown.clone()),
         );
@@ -391,6 +399,7 @@ impl BridgeConsumer {
             match msg {
                 Ok(msg) => {
                     error_logged = false;
+                    self.contact.touch();
                     // Take what is already fetched too, so that clients get it in one write.
                     let mut batch = vec![Arc::new(to_record(&msg, &source))];
                     drop(msg);
@@ -494,6 +503,7 @@ impl BridgeConsumer {
                 tokio::task::spawn_blocking(move || reassign(&*consumer, &topic, &expected)).await;
             match result {
                 Ok(Ok(plan)) => {
+                    self.contact.touch();
                     for (p, (from, to)) in &plan.lost {
                         let subscriptions = hub.publish_gap(*p, *from, *to);
                         metrics.retention_gap(to - from);
@@ -586,21 +596,24 @@ async fn assign_start(
     Ok((start, target))
 }
 
-/// Follows partition increases and updates the lag gauges, every [`REFRESH_INTERVAL`].
+/// Follows partition increases, updates the lag gauges and proves Kafka still answers
+/// ([`KafkaContact`]), every [`probe_interval`] (at most [`REFRESH_INTERVAL`]).
 struct Refresher {
     consumer: Arc<StreamConsumer<RelayContext>>,
     topic: String,
     assignment: Arc<tokio::sync::Mutex<()>>,
     hub: Arc<Hub>,
     metrics: RelayMetrics,
+    contact: Arc<KafkaContact>,
 }
 
 impl Refresher {
     async fn run(self, shutdown: CancellationToken) {
+        let every = probe_interval(self.contact.unready_after());
         loop {
             tokio::select! {
                 _ = shutdown.cancelled() => return,
-                _ = tokio::time::sleep(REFRESH_INTERVAL) => {}
+                _ = tokio::time::sleep(every) => {}
             }
             self.refresh().await;
         }
@@ -610,9 +623,17 @@ impl Refresher {
         let c = self.consumer.clone();
         let topic = self.topic.clone();
         let marks = match tokio::task::spawn_blocking(move || watermarks(&*c, &topic)).await {
-            Ok(Ok(marks)) => marks,
+            Ok(Ok(marks)) => {
+                self.contact.touch();
+                marks
+            }
             Ok(Err(e)) => {
-                tracing::warn!(error = %e, "cannot refresh partitions");
+                tracing::warn!(
+                    error = %e,
+                    silent_for = ?self.contact.silent_for(),
+                    unready_after = ?self.contact.unready_after(),
+                    "cannot refresh partitions"
+                );
                 return;
             }
             Err(e) => {

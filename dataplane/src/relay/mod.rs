@@ -6,6 +6,7 @@
 //! - [`client`]: one subscriber's bounded queue and slow-client policy.
 //! - [`hub`]: sharded subscriptions and delivery; never waits on a client.
 //! - [`consumer`]: the assign-all-partitions Kafka consumer feeding the hub.
+//! - [`contact`]: whether Kafka still answers (readiness).
 //! - [`replay`]: resume from Kafka with no gap and no duplicate.
 //! - [`session`]: one client session whatever its transport: admission, requests and
 //!   subscriptions ([`protocol::SubscribeOptions`] from transport to hub to client), delivery
@@ -15,6 +16,7 @@
 pub mod channel;
 pub mod client;
 pub mod consumer;
+pub mod contact;
 pub mod hub;
 pub mod metrics;
 pub mod protocol;
@@ -83,6 +85,10 @@ pub struct Shared {
     pub connections: AtomicUsize,
     /// Whether the consumer is assigned and caught up.
     pub kafka_ready: Arc<AtomicBool>,
+    /// When Kafka last answered.
+    pub kafka_contact: Arc<contact::KafkaContact>,
+    /// The process's readiness (whether a drain started, before `shutdown` closes clients).
+    pub readiness: Readiness,
     next_id: AtomicU64,
 }
 
@@ -166,12 +172,18 @@ impl Relay {
             metrics.clone(),
         ));
         let ready = readiness.register("kafka");
+        let kafka_contact = Arc::new(contact::KafkaContact::new(
+            config.server.kafka_unready_after,
+        ));
+        let reachable = kafka_contact.clone();
+        readiness.register_condition("kafka-reachable", move || reachable.reachable());
         let (consumer, target) = BridgeConsumer::start(
             &base,
             &config.topic,
             config.websocket.start_from == StartFrom::Earliest,
             &hub,
             ready.clone(),
+            kafka_contact.clone(),
             &shutdown,
         )
         .await?;
@@ -185,6 +197,8 @@ impl Relay {
             shutdown,
             connections: AtomicUsize::new(0),
             kafka_ready: ready,
+            kafka_contact,
+            readiness: readiness.clone(),
             next_id: AtomicU64::new(1),
         });
         Ok(Self {
@@ -242,20 +256,62 @@ impl Drop for Relay {
     }
 }
 
+/// The bridge's state as `/health` reports it, worst first.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum HealthState {
+    /// SIGTERM: closing its clients; new ones should go elsewhere.
+    Draining,
+    /// No answer from Kafka for longer than `server.kafkaUnreadyAfter`.
+    KafkaUnreachable,
+    /// Assigned, still reading up to the high watermarks seen at start.
+    CatchingUp,
+    /// Serving live.
+    Healthy,
+}
+
+impl HealthState {
+    /// Pure: the state from its inputs.
+    pub fn of(draining: bool, kafka_reachable: bool, caught_up: bool) -> Self {
+        if draining {
+            Self::Draining
+        } else if !kafka_reachable {
+            Self::KafkaUnreachable
+        } else if !caught_up {
+            Self::CatchingUp
+        } else {
+            Self::Healthy
+        }
+    }
+
+    /// `status` of `/health`.
+    pub fn status(self) -> &'static str {
+        match self {
+            Self::Healthy => "healthy",
+            Self::CatchingUp => "degraded",
+            Self::KafkaUnreachable => "kafka_unreachable",
+            Self::Draining => "draining",
+        }
+    }
+}
+
 async fn health(State(shared): State<Arc<Shared>>) -> impl IntoResponse {
-    let ready = shared.kafka_ready.load(Ordering::Acquire);
+    let caught_up = shared.kafka_ready.load(Ordering::Acquire);
+    let reachable = shared.kafka_contact.reachable();
+    let draining = shared.readiness.is_draining() || shared.shutdown.is_cancelled();
+    let state = HealthState::of(draining, reachable, caught_up);
     let body = json!({
-        "status": if ready { "healthy" } else { "degraded" },
+        "status": state.status(),
         "timestamp": chrono::Utc::now().to_rfc3339_opts(chrono::SecondsFormat::Millis, true),
         "stream": shared.stream,
         "connected_clients": shared.connections.load(Ordering::Relaxed),
         "subscriptions": shared.hub.subscription_count(),
         "kafka": {
-            "state": if ready { "assigned" } else { "catching_up" },
+            "state": if !reachable { "unreachable" } else if caught_up { "assigned" } else { "catching_up" },
             "partitions": shared.hub.partitions().len(),
+            "silentForMs": shared.kafka_contact.silent_for().map(|d| d.as_millis() as u64),
         },
     });
-    let code = if ready {
+    let code = if state == HealthState::Healthy {
         StatusCode::OK
     } else {
         StatusCode::SERVICE_UNAVAILABLE
@@ -283,4 +339,21 @@ async fn stats(State(shared): State<Arc<Shared>>) -> impl IntoResponse {
         "bytesOut": m.bytes_out.get(),
         "livePositions": positions,
     }))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::HealthState;
+
+    #[test]
+    fn health_reports_the_worst_of_draining_kafka_and_catching_up() {
+        assert_eq!(HealthState::of(false, true, true), HealthState::Healthy);
+        assert_eq!(HealthState::of(false, true, false), HealthState::CatchingUp);
+        assert_eq!(
+            HealthState::of(false, false, true).status(),
+            "kafka_unreachable"
+        );
+        assert_eq!(HealthState::of(true, true, true).status(), "draining");
+        assert_eq!(HealthState::of(true, false, false), HealthState::Draining);
+    }
 }
