@@ -177,8 +177,8 @@ impl MonitorCrds {
 /// Watches the two monitor CRDs (full objects: two of them at most, and only the objects say
 /// whether `v1` is served and established; selected by name, which the RBAC's `resourceNames`
 /// also requires) and publishes the served kinds on `kinds` whenever they change. `listed` is
-/// sent once both CRDs were listed. Runs until `kinds` has no receiver left and the stream ends,
-/// i.e. for the life of the operator.
+/// sent once both CRDs were listed. Runs for the life of the operator (a failed request is
+/// retried with the watcher's backoff, keeping the last answer meanwhile).
 pub async fn watch_crds(
     client: Client,
     kinds: watch::Sender<MonitorKinds>,
