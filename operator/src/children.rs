@@ -160,8 +160,8 @@ impl ChildKind {
         }
     }
 
-    /// Whether the cluster serves this kind (the monitor kinds only with the Prometheus
-    /// Operator's CRDs, as discovered).
+    /// Whether the cluster serves this kind (the monitor kinds only while the Prometheus
+    /// Operator's CRDs are served: `cfg` is a reconcile's view of the CRD watch).
     pub fn served(self, cfg: &crate::OperatorConfig) -> bool {
         match self {
             ChildKind::ServiceMonitor => cfg.service_monitor,

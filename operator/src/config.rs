@@ -1,4 +1,4 @@
-//! The operator's own settings ([`OperatorConfig`]): what flags and discovery add to every
+//! The operator's own settings ([`OperatorConfig`]): what flags and the served CRDs add to every
 //! EventStream. Builders take it by reference, so a test can state every default it relies on.
 
 use std::collections::BTreeMap;
@@ -21,9 +21,11 @@ pub struct OperatorConfig {
     pub kafka_bootstrap: Option<String>,
     /// Watch only this namespace (`--namespace`); `None` watches all namespaces.
     pub namespace: Option<String>,
-    /// Whether the `monitoring.coreos.com/v1` ServiceMonitor kind exists (found by discovery).
+    /// Whether the `monitoring.coreos.com/v1` ServiceMonitor kind is served. The builders read
+    /// it; while the operator runs, a reconcile's copy comes from the watch of the CRDs
+    /// (`controller::Context::config_now`), so it follows installs and removals.
     pub service_monitor: bool,
-    /// Whether the `monitoring.coreos.com/v1` PodMonitor kind exists (found by discovery).
+    /// Whether the `monitoring.coreos.com/v1` PodMonitor kind is served (as above).
     pub pod_monitor: bool,
     /// Labels added to the ServiceMonitor and PodMonitor of every stream (`--monitor-label`),
     /// e.g. `release: kube-prometheus-stack` for its default monitor selectors.

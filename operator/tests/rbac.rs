@@ -6,9 +6,9 @@
 //! into the authorizer's (verb, group, resource) and must be granted; and every granted verb
 //! must be one the operator uses, so the role stays the least it needs.
 //!
-//! Requests made outside a reconcile (the controller's watches, leader election, CRD watch)
-//! cannot go through this fake API server; they are listed in [`OUTSIDE_RECONCILE`] with the
-//! code that makes them.
+//! Requests made outside a reconcile (the controller's watches, leader election, the monitor CRD
+//! watch) cannot go through this fake API server; they are listed in [`OUTSIDE_RECONCILE`] with
+//! the code that makes them.
 #![allow(clippy::unwrap_used)]
 
 mod support;
@@ -49,6 +49,8 @@ const OUTSIDE_RECONCILE: &[(&str, &str, &str, &str)] = &[
     ("watch", "apps", "deployments", "controller::run"),
     ("list", "policy", "poddisruptionbudgets", "controller::run"),
     ("watch", "policy", "poddisruptionbudgets", "controller::run"),
+    // The monitor kinds' watches run while their CRD is served (controller::monitors::gated).
+    // (The sink PodMonitor's delete happens in a reconcile: "update with deletions" below.)
     (
         "list",
         "monitoring.coreos.com",
@@ -61,46 +63,33 @@ const OUTSIDE_RECONCILE: &[(&str, &str, &str, &str)] = &[
         "servicemonitors",
         "controller::run",
     ),
-    // Issue 14 (PodMonitors watched like the other children; the sink's removed with it).
     (
         "list",
         "monitoring.coreos.com",
         "podmonitors",
-        "issue 14: PodMonitor watch",
+        "controller::run",
     ),
     (
         "watch",
         "monitoring.coreos.com",
         "podmonitors",
-        "issue 14: PodMonitor watch",
-    ),
-    (
-        "delete",
-        "monitoring.coreos.com",
-        "podmonitors",
-        "issue 14: sink PodMonitor removal",
+        "controller::run",
     ),
     // Issue 14 (referenced Secrets watched and mapped back to their streams).
     ("list", "", "secrets", "issue 14: Secret watch"),
     ("watch", "", "secrets", "issue 14: Secret watch"),
-    // Issue 14 (Prometheus Operator CRDs installed after the operator started).
-    (
-        "get",
-        "apiextensions.k8s.io",
-        "customresourcedefinitions",
-        "issue 14: CRD watch",
-    ),
+    // controller::monitors::watch_crds: the two monitor CRDs, by name (list, then watch).
     (
         "list",
         "apiextensions.k8s.io",
         "customresourcedefinitions",
-        "issue 14: CRD watch",
+        "controller::monitors::watch_crds",
     ),
     (
         "watch",
         "apiextensions.k8s.io",
         "customresourcedefinitions",
-        "issue 14: CRD watch",
+        "controller::monitors::watch_crds",
     ),
     // kube-runtime's Recorder patches an Event that repeats (a series) instead of creating one.
     (
@@ -337,4 +326,30 @@ async fn docs_rbac_grants_no_verb_the_operator_does_not_use() {
             "no scenario made a request needing {g:?}"
         );
     }
+}
+
+/// The CRD rule is limited to the two monitor CRDs by `resourceNames`: the names the operator
+/// watches (by a `metadata.name` field selector, without which a real API server refuses a list
+/// or watch under `resourceNames`) must be exactly those.
+#[test]
+fn docs_rbac_names_exactly_the_crds_the_operator_watches() {
+    use eventstream_operator::controller::monitors::{POD_MONITOR_CRD, SERVICE_MONITOR_CRD};
+    let root = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("..");
+    let text = std::fs::read_to_string(root.join("docs/rbac.md")).unwrap();
+    let start = text.find("```yaml\n").unwrap() + 8;
+    let block = &text[start..start + text[start..].find("```").unwrap()];
+    let mut names = Vec::new();
+    for doc in serde_yaml::Deserializer::from_str(block) {
+        let doc = serde_yaml::Value::deserialize(doc).unwrap();
+        for rule in doc["rules"].as_sequence().unwrap() {
+            let resources = rule["resources"].as_sequence().unwrap();
+            if resources.iter().any(|r| r == "customresourcedefinitions") {
+                let listed = rule["resourceNames"]
+                    .as_sequence()
+                    .expect("the CRD rule is limited by resourceNames");
+                names.extend(listed.iter().map(|n| n.as_str().unwrap().to_owned()));
+            }
+        }
+    }
+    assert_eq!(names, vec![SERVICE_MONITOR_CRD, POD_MONITOR_CRD]);
 }

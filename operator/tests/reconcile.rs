@@ -11,7 +11,7 @@ use std::time::Duration;
 
 use eventstream_crds::EventStream;
 use eventstream_crds::v1alpha1::EventStreamStatus;
-use eventstream_operator::controller::{ChildIndex, error_policy, reconcile};
+use eventstream_operator::controller::{ChildIndex, MonitorKinds, error_policy, reconcile};
 use eventstream_operator::kafka_admin::{KafkaAdmin, KafkaConnection, RdKafkaAdmin};
 use kube::runtime::controller::Action;
 use serde_json::{Value, json};
@@ -371,6 +371,81 @@ async fn dropping_persistence_deletes_the_sink_and_its_pod_monitor_but_nothing_f
             .any(|s| s.line().contains("servicemonitors/telemetry-bridge")),
         "the bridge's ServiceMonitor stays applied"
     );
+}
+
+/// The Prometheus Operator installed after the operator started: the next reconcile of a stream
+/// (the one every stream gets when a monitor kind appears) applies its ServiceMonitor and its
+/// sink's PodMonitor; once the CRDs are gone again nothing asks for them (their objects went
+/// with the CRDs) and nothing is deleted by hand.
+#[tokio::test]
+async fn a_stream_reconciled_after_the_monitor_crds_appear_gets_its_monitors() {
+    let kafka = Arc::new(FakeKafka::default());
+    let es = finalized(telemetry());
+    let (client, server) = api_server(db_secret(), Some(es.clone()));
+    // Started without the Prometheus Operator.
+    let ctx = context(client, kafka, std::slice::from_ref(&es));
+    let monitor_requests = |from: usize| -> Vec<String> {
+        server.lines()[from..]
+            .iter()
+            .filter(|l| l.contains("monitoring.coreos.com"))
+            .cloned()
+            .collect()
+    };
+    reconcile(Arc::new(es.clone()), ctx.clone()).await.unwrap();
+    assert_eq!(monitor_requests(0), Vec::<String>::new());
+
+    ctx.set_monitors(MonitorKinds {
+        service_monitor: true,
+        pod_monitor: true,
+    });
+    let from = server.lines().len();
+    reconcile(Arc::new(es.clone()), ctx.clone()).await.unwrap();
+    let monitors = "/apis/monitoring.coreos.com/v1/namespaces/racing";
+    assert_eq!(
+        monitor_requests(from),
+        vec![
+            // Not cached by the (just started) monitor watch yet: checked by name first.
+            format!("GET {monitors}/servicemonitors/telemetry-bridge"),
+            format!("GET {monitors}/podmonitors/telemetry-sink"),
+            format!("PATCH {monitors}/servicemonitors/telemetry-bridge{SSA}"),
+            format!("PATCH {monitors}/podmonitors/telemetry-sink{SSA}"),
+        ]
+    );
+    let applied: Vec<Value> = server.log.lock()[from..]
+        .iter()
+        .filter(|s| s.method == "PATCH" && s.uri.contains("monitoring.coreos.com"))
+        .map(|s| s.body.clone())
+        .collect();
+    assert_eq!(applied[0]["kind"], "ServiceMonitor");
+    assert_eq!(applied[1]["kind"], "PodMonitor");
+    for body in &applied {
+        assert_eq!(
+            body["metadata"]["ownerReferences"][0]["uid"], "11111111-0000-4000-8000-000000000001",
+            "owned by the stream, so they go with it"
+        );
+    }
+
+    // Only the PodMonitor CRD removed: the ServiceMonitor is still applied, the PodMonitor
+    // neither applied nor deleted.
+    ctx.set_monitors(MonitorKinds {
+        service_monitor: true,
+        pod_monitor: false,
+    });
+    let from = server.lines().len();
+    reconcile(Arc::new(es), ctx.clone()).await.unwrap();
+    let after = monitor_requests(from);
+    assert!(
+        after
+            .iter()
+            .any(|l| l.contains("servicemonitors/telemetry-bridge")),
+        "{after:?}"
+    );
+    assert!(
+        !after.iter().any(|l| l.contains("podmonitors")),
+        "{after:?}"
+    );
+    drop(ctx);
+    server.finish().await;
 }
 
 /// A user's object with a child's name is never taken over: a forced apply would make the

@@ -11,6 +11,7 @@ use kube::api::{Api, DeleteParams, DynamicObject, ListParams, Patch};
 
 use super::context::{ChildMeta, Context, owned_by};
 use super::{Error, ssa};
+use crate::OperatorConfig;
 use crate::children::{self, ChildKind, ChildObject, Component, DesiredChild};
 use crate::conditions::{self, Check};
 
@@ -28,10 +29,12 @@ pub struct Applied {
     pub conflict: Option<Check>,
 }
 
-/// Applies what `desired` wants, then deletes owned objects it does not want.
+/// Applies what `desired` wants, then deletes owned objects it does not want, among the kinds
+/// `cfg` (the reconcile's view of the served kinds, the one `desired` was built with) serves.
 pub async fn apply_children(
     es: &EventStream,
     ctx: &Context,
+    cfg: &OperatorConfig,
     ns: &str,
     desired: &[DesiredChild],
 ) -> Result<Applied, Error> {
@@ -68,7 +71,7 @@ pub async fn apply_children(
                 .await?;
         }
     }
-    applied.deleted = sweep(es, ctx, ns, desired).await?;
+    applied.deleted = sweep(es, ctx, cfg, ns, desired).await?;
     Ok(applied)
 }
 
@@ -120,11 +123,12 @@ pub fn unwanted(
 async fn sweep(
     es: &EventStream,
     ctx: &Context,
+    cfg: &OperatorConfig,
     ns: &str,
     desired: &[DesiredChild],
 ) -> Result<Vec<String>, Error> {
     let mut deleted = Vec::new();
-    for (kind, name) in unwanted(desired, |k| ctx.children.owned(k, es), &ctx.config) {
+    for (kind, name) in unwanted(desired, |k| ctx.children.owned(k, es), cfg) {
         let api: Api<DynamicObject> =
             Api::namespaced_with(ctx.client.clone(), ns, &kind.api_resource());
         match api.delete(&name, &DeleteParams::background()).await {

@@ -1,7 +1,9 @@
-//! What every reconcile shares: the [`Context`] (client, settings, Kafka port, metrics, Event
-//! recorder, the stream store, the clock, per-object backoff) and the [`ChildIndex`], the
+//! What every reconcile shares: the [`Context`] (client, settings, the live monitor kinds, Kafka
+//! port, metrics, Event recorder, the stream store, the clock, per-object backoff) and the
+//! [`ChildIndex`], the
 //! metadata caches of the objects streams own, fed by the same watches that trigger reconciles.
 
+use std::borrow::Cow;
 use std::collections::{BTreeMap, HashMap};
 use std::sync::Arc;
 use std::time::Duration;
@@ -14,7 +16,9 @@ use kube::runtime::events::{Event, EventType, Recorder, Reporter};
 use kube::runtime::reflector::{ObjectRef, Store, store::Writer};
 use kube::{Client, Resource, ResourceExt};
 use parking_lot::Mutex;
+use tokio::sync::watch;
 
+use super::monitors::MonitorKinds;
 use crate::children::ChildKind;
 use crate::kafka_admin::KafkaAdmin;
 use crate::metrics::Metrics;
@@ -85,8 +89,11 @@ pub fn owned_by(
 pub struct Context {
     /// Kubernetes client.
     pub client: Client,
-    /// Flags and discovery.
+    /// Flags. Its monitor flags are only where the context started: the live ones are in
+    /// [`Context::monitors`], and [`Context::config_now`] is what a reconcile builds from.
     pub config: OperatorConfig,
+    /// The monitor kinds the cluster serves now (fed by the CRD watch).
+    monitors: watch::Sender<MonitorKinds>,
     /// Kafka admin port (librdkafka in production, a fake in API-mock tests).
     pub kafka: Arc<dyn KafkaAdmin>,
     /// Prometheus metrics.
@@ -119,6 +126,7 @@ impl Context {
         Self {
             recorder: Recorder::new(client.clone(), reporter),
             client,
+            monitors: watch::Sender::new(MonitorKinds::from_config(&config)),
             config,
             kafka,
             metrics,
@@ -133,6 +141,36 @@ impl Context {
     pub fn with_children(mut self, children: ChildIndex) -> Self {
         self.children = children;
         self
+    }
+
+    /// The same context reading the monitor kinds from `monitors` (the CRD watch's channel).
+    pub fn with_monitors(mut self, monitors: watch::Sender<MonitorKinds>) -> Self {
+        self.monitors = monitors;
+        self
+    }
+
+    /// The monitor kinds the cluster serves now.
+    pub fn monitors(&self) -> MonitorKinds {
+        *self.monitors.borrow()
+    }
+
+    /// Records that the served monitor kinds are now `kinds` (what the CRD watch does; tests
+    /// use it to install a CRD after start).
+    pub fn set_monitors(&self, kinds: MonitorKinds) {
+        self.monitors.send_replace(kinds);
+    }
+
+    /// The settings with the monitor flags as the cluster serves them now: what one reconcile
+    /// builds and sweeps with, so a kind installed after start gets its objects.
+    pub fn config_now(&self) -> Cow<'_, OperatorConfig> {
+        let now = self.monitors();
+        if now == MonitorKinds::from_config(&self.config) {
+            return Cow::Borrowed(&self.config);
+        }
+        let mut config = self.config.clone();
+        config.service_monitor = now.service_monitor;
+        config.pod_monitor = now.pod_monitor;
+        Cow::Owned(config)
     }
 
     /// Counts one more consecutive failure of `es` and returns the delay before the next try.

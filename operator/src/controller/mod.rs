@@ -20,6 +20,7 @@
 pub mod children;
 pub mod cleanup;
 pub mod context;
+pub mod monitors;
 pub mod run;
 pub mod secret_check;
 pub mod sink_group;
@@ -37,7 +38,8 @@ use kube::runtime::finalizer::{Event as Finalizer, finalizer};
 
 pub use cleanup::cleanup;
 pub use context::{ChildIndex, Context, key};
-pub use run::{RunOptions, discover_monitors, run};
+pub use monitors::MonitorKinds;
+pub use run::{RunOptions, run};
 pub use topic::topic_owner;
 
 use crate::children::{self as build, BuildError, Component};
@@ -140,7 +142,9 @@ pub(crate) fn ssa() -> PatchParams {
 /// The apply half of the finalizer: bring the world to the spec and report it.
 pub async fn apply(es: Arc<EventStream>, ctx: Arc<Context>) -> Result<Action, Error> {
     let ns = es.namespace().ok_or(Error::MissingNamespace)?;
-    let cfg = &ctx.config;
+    // One view of the served monitor kinds for the whole reconcile: build and sweep agree.
+    let config = ctx.config_now();
+    let cfg = &*config;
     let old = es.status.clone().unwrap_or_default();
     let persistence = es.spec.persistence.is_some();
     let reset = requested_reset(&es).filter(|_| persistence);
@@ -169,7 +173,7 @@ pub async fn apply(es: Arc<EventStream>, ctx: Arc<Context>) -> Result<Action, Er
         wait = wait.max(w);
     }
 
-    let applied = children::apply_children(&es, &ctx, &ns, &desired).await?;
+    let applied = children::apply_children(&es, &ctx, cfg, &ns, &desired).await?;
 
     let group = match (persistence, kafka) {
         // Under a name conflict the sink's state is unknown: no reset against it.

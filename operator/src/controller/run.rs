@@ -1,10 +1,13 @@
-//! Wiring: the HTTP server, the CRD check, discovery of the monitor kinds, leader election, and
+//! Wiring: the HTTP server, the CRD check, the watch of the monitor CRDs, leader election, and
 //! the `Controller` with its watches. The watches of owned children are derived from
 //! [`ChildKind::ALL`], the same list the apply and the sweep use: one helper, one watch per
-//! served kind, each also filling the [`ChildIndex`] the sweep reads.
+//! kind, each also filling the [`ChildIndex`] the sweep reads. The monitor kinds' watches run
+//! while their CRD is served ([`monitors::gated`]), and a kind that appears reconciles every
+//! stream ([`monitors::appearances`]).
 
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
+use std::time::Duration;
 
 use eventstream_crds::EventStream;
 use futures::{Stream, StreamExt};
@@ -19,6 +22,7 @@ use kube::runtime::{Predicate, WatchStreamExt, predicates};
 use kube::{Client, Resource};
 
 use super::context::{ChildIndex, ChildMeta, Context};
+use super::monitors::{self, MonitorKinds};
 use super::{error_policy, reconcile};
 use crate::children::{self, ChildKind};
 use crate::metrics::Metrics;
@@ -33,20 +37,6 @@ pub struct RunOptions {
     pub lease: Option<(String, String)>,
     /// This replica's identity in the Lease.
     pub identity: String,
-}
-
-/// Whether the `monitoring.coreos.com/v1` kinds exist: `(ServiceMonitor, PodMonitor)`.
-pub async fn discover_monitors(client: &Client) -> (bool, bool) {
-    match client
-        .list_api_group_resources("monitoring.coreos.com/v1")
-        .await
-    {
-        Ok(list) => {
-            let has = |k: &str| list.resources.iter().any(|r| r.kind == k);
-            (has("ServiceMonitor"), has("PodMonitor"))
-        }
-        Err(_) => (false, false),
-    }
 }
 
 fn scoped<K>(client: &Client, ns: &Option<String>) -> Api<K>
@@ -64,14 +54,18 @@ pub fn managed_selector() -> String {
     format!("app.kubernetes.io/managed-by={FIELD_MANAGER}")
 }
 
-/// Metadata-only watch of the owned objects of `kind` (they only need to trigger the owner and
-/// to be known by name and owner, not cached whole), reflected into `writer`.
-fn owned_watch(
+/// How long start-up waits for the first answer of the monitor CRD watch before it goes on
+/// without monitors (a missing CRD ClusterRole must not stop the operator; the watch keeps
+/// retrying and a kind that appears later reconciles every stream).
+const MONITOR_CRDS_WAIT: Duration = Duration::from_secs(30);
+
+/// Metadata-only watch events of the owned objects of `kind` (they only need to trigger the
+/// owner and to be known by name and owner, not cached whole).
+fn owned_events(
     client: &Client,
     ns: &Option<String>,
     kind: ChildKind,
-    writer: Writer<ChildMeta>,
-) -> impl Stream<Item = Result<ChildMeta, watcher::Error>> + Send + 'static {
+) -> impl Stream<Item = Result<watcher::Event<ChildMeta>, watcher::Error>> + Send + use<> {
     let ar = kind.api_resource();
     let api: Api<ChildMeta> = match ns {
         Some(n) => Api::namespaced_with(client.clone(), n, &ar),
@@ -80,10 +74,31 @@ fn owned_watch(
     let config = watcher::Config::default()
         .labels(&managed_selector())
         .any_semantic();
-    watcher(api, config)
-        .default_backoff()
-        .reflect(writer)
-        .touched_objects()
+    watcher(api, config).default_backoff()
+}
+
+/// The watch of the owned objects of `kind`, reflected into `writer`; a monitor kind's only
+/// while `kinds` says its CRD is served.
+fn owned_watch(
+    client: &Client,
+    ns: &Option<String>,
+    kind: ChildKind,
+    writer: Writer<ChildMeta>,
+    kinds: &tokio::sync::watch::Sender<MonitorKinds>,
+) -> futures::stream::BoxStream<'static, Result<ChildMeta, watcher::Error>> {
+    if kinds.borrow().serves(kind).is_none() {
+        return owned_events(client, ns, kind)
+            .reflect(writer)
+            .touched_objects()
+            .boxed();
+    }
+    let (client, ns) = (client.clone(), ns.clone());
+    monitors::gated(kinds.subscribe(), kind, move || {
+        owned_events(&client, &ns, kind)
+    })
+    .reflect(writer)
+    .touched_objects()
+    .boxed()
 }
 
 /// The streams that reference Secret `namespace/name` (through [`children::secret_uses`], the
@@ -104,7 +119,7 @@ pub fn streams_referencing(
 }
 
 /// Runs the operator until a signal (or the loss of leadership).
-pub async fn run(mut config: OperatorConfig, opts: RunOptions) -> anyhow::Result<()> {
+pub async fn run(config: OperatorConfig, opts: RunOptions) -> anyhow::Result<()> {
     let client = Client::try_default().await?;
     let registry = prometheus::Registry::new();
     let metrics = Arc::new(Metrics::new(&registry)?);
@@ -127,12 +142,27 @@ pub async fn run(mut config: OperatorConfig, opts: RunOptions) -> anyhow::Result
         );
     }
     ready.store(true, Ordering::Relaxed);
-    (config.service_monitor, config.pod_monitor) = discover_monitors(&client).await;
-    tracing::info!(
-        service_monitor = config.service_monitor,
-        pod_monitor = config.pod_monitor,
-        "discovered monitoring kinds"
-    );
+    // The monitor kinds, live: the Prometheus Operator may be installed (or removed) later.
+    let kinds = tokio::sync::watch::Sender::new(MonitorKinds::from_config(&config));
+    let (listed_tx, listed) = tokio::sync::oneshot::channel();
+    tokio::spawn(monitors::watch_crds(
+        client.clone(),
+        kinds.clone(),
+        listed_tx,
+    ));
+    match tokio::time::timeout(MONITOR_CRDS_WAIT, listed).await {
+        Ok(Ok(())) => {
+            let k = *kinds.borrow();
+            tracing::info!(
+                service_monitor = k.service_monitor,
+                pod_monitor = k.pod_monitor,
+                "monitoring kinds at start"
+            );
+        }
+        _ => tracing::warn!(
+            "the Prometheus Operator CRDs could not be read yet (RBAC for customresourcedefinitions?): starting without monitors; the watch keeps trying"
+        ),
+    }
 
     if let Some((ns, name)) = &opts.lease {
         let (tx, mut rx) = tokio::sync::watch::channel(false);
@@ -171,11 +201,15 @@ pub async fn run(mut config: OperatorConfig, opts: RunOptions) -> anyhow::Result
     let ns = config.namespace.clone();
     let mut controller = Controller::for_stream(trigger, reader.clone());
     let mut children = ChildIndex::default();
-    for kind in ChildKind::ALL.into_iter().filter(|k| k.served(&config)) {
+    for kind in ChildKind::ALL {
         let writer = children.track(kind);
-        controller = controller
-            .owns_stream_with(owned_watch(&client, &ns, kind, writer), kind.api_resource());
+        controller = controller.owns_stream_with(
+            owned_watch(&client, &ns, kind, writer, &kinds),
+            kind.api_resource(),
+        );
     }
+    // A monitor kind that appears: every stream gets its monitors now, not at the next resync.
+    controller = controller.reconcile_all_on(monitors::appearances(kinds.subscribe()));
     // Secrets: metadata only, mapped back to the streams that reference them by name.
     let secrets: Api<PartialObjectMeta<Secret>> = scoped(&client, &ns);
     let store = reader.clone();
@@ -188,8 +222,11 @@ pub async fn run(mut config: OperatorConfig, opts: RunOptions) -> anyhow::Result
         },
     );
     let kafka = Arc::new(crate::kafka_admin::RdKafkaAdmin::new(config.kafka_timeout));
-    let ctx =
-        Arc::new(Context::new(client, config, kafka, metrics, reader).with_children(children));
+    let ctx = Arc::new(
+        Context::new(client, config, kafka, metrics, reader)
+            .with_children(children)
+            .with_monitors(kinds),
+    );
     controller
         .shutdown_on_signal()
         .run(reconcile, error_policy, ctx)
