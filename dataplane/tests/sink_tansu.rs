@@ -174,15 +174,58 @@ async fn a_member_left_without_partitions_gets_them_when_the_dead_one_expires() 
 }
 
 /// The same with static members (pods): on Kafka a static member's session expires like any
-/// other. tansu 0.6 never expires a dead *static* member: the live one is sent to JoinGroup with
-/// the dead one as leader, then SyncGroup answers REBALANCE_IN_PROGRESS, forever (seen here with
-/// `debug: cgrp`). So against tansu a pod that is gone for good keeps its partitions; prove this
-/// one on kind.
+/// other. On tansu 0.6 the live one is sent to JoinGroup with the dead one as leader, then
+/// SyncGroup answers REBALANCE_IN_PROGRESS, forever (seen here with `debug: cgrp`): tansu does
+/// drop the expired member but keeps it as the group's leader, see
+/// `a_static_member_restarted_after_its_session_gets_its_partitions_back`. So against tansu a
+/// pod that is gone for good keeps its partitions; prove this one on kind.
 #[tokio::test]
-#[ignore = "tansu 0.6 never expires a dead static group member"]
+#[ignore = "tansu 0.6 keeps an expired static member as group leader; SyncGroup fails forever"]
 async fn a_static_member_left_without_partitions_gets_them_when_the_dead_one_expires() -> TestResult
 {
     member_takes_over_from_a_dead_one(Some(("frames-sink-old", "frames-sink-new"))).await
+}
+
+/// A sink pod whose container restarts under the same pod name (`group.instance.id`) after the
+/// member's session ran out must be given its partitions again; on Kafka it is. On tansu 0.6 it
+/// never is (seen with `debug: cgrp` and `TANSU_LOG=warn,tansu_broker::coordinator=debug`):
+/// - JoinGroup and SyncGroup never refresh a member's last contact (only its first JoinGroup sets
+///   it, then only Heartbeat), and a Heartbeat in a formed group expires every member past its
+///   session *before* recording the sender's contact. Here the first sink's own first Heartbeat
+///   expired it: tansu holds each JoinGroup/SyncGroup ~3 s, so its first Heartbeat came 6.01 s
+///   after its first JoinGroup (session 6 s). Heartbeat answers REBALANCE_IN_PROGRESS, then
+///   UNKNOWN_MEMBER_ID. (In the e2e soak, session 20 s, rapid SIGKILLs did the same: every
+///   restarted sink rejoined under the old member id and died before its first Heartbeat.)
+/// - Expiring a member in a formed group does not clear the group's leader. The next JoinGroup
+///   (a static member's JoinGroup never runs the expiry that would) names the expired member as
+///   leader with no member metadata, so the live one is a follower, and its SyncGroup answers
+///   REBALANCE_IN_PROGRESS because it is not the leader: JoinGroup, SyncGroup, forever.
+#[tokio::test]
+#[ignore = "tansu 0.6 keeps an expired static member as group leader; SyncGroup fails forever"]
+async fn a_static_member_restarted_after_its_session_gets_its_partitions_back() -> TestResult {
+    let broker = TansuBroker::start()?;
+    let bootstrap = broker.bootstrap();
+    create_topics(&broker, &[(TOPIC, 2), (DLQ, 1)]).await?;
+    let pg = eventstream_testkit::TestPostgres::start()?;
+    let url = pg.url();
+    let producer: FutureProducer = broker.producer_config().create()?;
+    let mut counts = BTreeMap::new();
+    produce(&producer, 0..60, &mut counts).await?;
+    let cfg = config(&bootstrap, ", maxRows: 20, maxDelay: 50ms");
+    let pod = [("POD_NAME", "frames-sink-0")];
+    let mut sink = Sink::start_with_env(&cfg, &url, &pod)?;
+    settle(&sink, &url, 60).await?;
+    sink.kill9()?;
+    // Longer than the session (6 s): the member's last heartbeat is now older than its session.
+    tokio::time::sleep(Duration::from_secs(8)).await;
+
+    produce(&producer, 60..120, &mut counts).await?;
+    let sink = Sink::start_with_env(&cfg, &url, &pod)?;
+    wait_rows(&sink, &url, 120, Duration::from_secs(90)).await?;
+    assert_exactly_once(&url, &counts_vec(&counts)).await?;
+    drop(sink);
+    drop(broker);
+    Ok(())
 }
 
 fn pod_env(pod: Option<&str>) -> Vec<(&'static str, &str)> {

@@ -675,9 +675,16 @@ const SOAK_PACE: Duration = Duration::from_millis(20);
 ///   nothing for 180 s (2344 of 5357 records never reached PostgreSQL): issue 13 item 8;
 /// - with static membership (`POD_NAME`, seed 1796097522459056812) a sink restarted after rapid
 ///   SIGKILLs and a PostgreSQL crash had all its partitions revoked and was never assigned again
-///   on tansu 0.6 (3296 of 5822 records not stored after 180 s). tansu 0.6 is known to mishandle
-///   static members (it never expires a dead one, see sink_tansu.rs); whether this one is tansu's
-///   or the sink's is not settled yet.
+///   on tansu 0.6 (3296 of 5822 records not stored after 180 s). The cause is tansu's (protocol
+///   exchange in `dataplane/tests/sink_tansu.rs`, the ignored
+///   `a_static_member_restarted_after_its_session_gets_its_partitions_back`): every restarted
+///   sink rejoined under the old member id, JoinGroup/SyncGroup do not refresh a member's last
+///   contact, so after restarts that died before their first Heartbeat the live sink's own
+///   Heartbeat expired it (REBALANCE_IN_PROGRESS, then UNKNOWN_MEMBER_ID); tansu kept the
+///   expired member as the group's leader, and the sink's rejoin under a new member id got
+///   SyncGroup REBALANCE_IN_PROGRESS forever. Kafka does neither; prove SIGKILLs of a static
+///   sink on kind.
+///
 /// While off, the schedule's SIGKILLs of the sink become SIGTERMs (a dynamic member that leaves
 /// the group cleanly).
 const SOAK_SIGKILLS_SINK: bool = false;
