@@ -27,6 +27,10 @@ pub struct Claims {
     pub channels: Vec<String>,
     /// The configured publish claim is the JSON value `true`.
     pub publish: bool,
+    /// `exp`, in seconds since the Unix epoch (always set on a verified token: it is
+    /// required). A connection admitted with the token ends [`LEEWAY_SECS`] after it, when the
+    /// token stops verifying, unless the client presents a newer one.
+    pub expires_at: Option<i64>,
 }
 
 impl Claims {
@@ -182,7 +186,15 @@ impl JwtVerifier {
             _ => Vec::new(),
         };
         let publish = matches!(claims.get(&self.publish_claim), Some(Value::Bool(true)));
-        Ok(Claims { channels, publish })
+        // NumericDate may carry a fraction; jsonwebtoken has already checked it is a number.
+        let expires_at = claims
+            .get("exp")
+            .and_then(|v| v.as_i64().or_else(|| v.as_f64().map(|f| f.floor() as i64)));
+        Ok(Claims {
+            channels,
+            publish,
+            expires_at,
+        })
     }
 
     /// The token of an `Authorization: Bearer TOKEN` header value, if it is one.
@@ -388,8 +400,16 @@ SjfoDOSRQsmxtPYRWv9vo4U=
         let got = hs_verifier().verify(&token).expect("valid");
         assert!(!got.publish, "a string is not the boolean true");
         assert_eq!(got.channels, ["a.*"]);
-        let token = hs(&claims(json!({"publish": null, "channels": null})));
-        assert_eq!(hs_verifier().verify(&token), Ok(Claims::default()));
+        let token = hs(&claims(
+            json!({"publish": null, "channels": null, "exp": 4_000_000_000i64}),
+        ));
+        assert_eq!(
+            hs_verifier().verify(&token),
+            Ok(Claims {
+                expires_at: Some(4_000_000_000),
+                ..Claims::default()
+            })
+        );
     }
 
     #[test]

@@ -13,8 +13,8 @@
 //! * [`v1::ClientFrame`] / [`v1::ServerFrame`]: the frames of the WebSocket protocol negotiated
 //!   with the subprotocol [`SUBPROTOCOL_PROTO`]. One WebSocket binary message carries one frame.
 //!   They mirror the JSON protocol ([`SUBPROTOCOL_JSON`]) one to one: `subscribe`,
-//!   `unsubscribe`, `ping` from the client; `event`, `subscribed`, `gap`, `error`, `pong` from
-//!   the server.
+//!   `unsubscribe`, `ping`, `auth` from the client; `event`, `subscribed`, `gap`, `error`,
+//!   `pong`, `authenticated` from the server.
 //! * [`FILE_DESCRIPTOR_SET`]: the encoded `google.protobuf.FileDescriptorSet` of the schema,
 //!   with comments, for tools (reflection, `grpcurl`-style decoders, documentation).
 //!
@@ -85,8 +85,8 @@ pub mod v1 {
 }
 
 use v1::{
-    ClientFrame, Envelope, Error, Event, Gap, GapReason, PayloadEncoding, Ping, Pong, ServerFrame,
-    Subscribe, Subscribed, Unsubscribe, client_frame, server_frame,
+    Auth, Authenticated, ClientFrame, Envelope, Error, Event, Gap, GapReason, PayloadEncoding,
+    Ping, Pong, ServerFrame, Subscribe, Subscribed, Unsubscribe, client_frame, server_frame,
 };
 
 impl Envelope {
@@ -124,6 +124,14 @@ impl ClientFrame {
     /// A `ping` frame, with an optional id the server echoes.
     pub fn ping(id: Option<String>) -> Self {
         Ping { id }.into()
+    }
+
+    /// An `auth` frame: a new token for the connection (without the `Bearer ` prefix).
+    pub fn auth(token: impl Into<String>) -> Self {
+        Auth {
+            token: token.into(),
+        }
+        .into()
     }
 }
 
@@ -198,6 +206,12 @@ impl ServerFrame {
     pub fn pong(id: Option<String>) -> Self {
         Pong { id }.into()
     }
+
+    /// An `authenticated` frame: an `auth` was accepted; `exp` is the new token's expiry
+    /// (seconds since the Unix epoch).
+    pub fn authenticated(exp: i64) -> Self {
+        Authenticated { exp }.into()
+    }
 }
 
 /// `From<Message> for Frame` for every variant of a frame's `oneof`.
@@ -211,7 +225,14 @@ macro_rules! frame_from {
     )+};
 }
 
-frame_from!(ClientFrame, client_frame, Subscribe, Unsubscribe, Ping);
+frame_from!(
+    ClientFrame,
+    client_frame,
+    Subscribe,
+    Unsubscribe,
+    Ping,
+    Auth
+);
 frame_from!(
     ServerFrame,
     server_frame,
@@ -219,5 +240,6 @@ frame_from!(
     Subscribed,
     Gap,
     Error,
-    Pong
+    Pong,
+    Authenticated
 );

@@ -4,8 +4,9 @@ use std::collections::BTreeMap;
 
 use eventstream_proto::prost::{DecodeError, Message};
 use eventstream_proto::v1::{
-    ClientFrame, Envelope, Error, Event, Gap, GapReason, Header, PayloadEncoding, Ping, Pong,
-    ServerFrame, Subscribe, Subscribed, Unsubscribe, client_frame, server_frame,
+    Auth, Authenticated, ClientFrame, Envelope, Error, Event, Gap, GapReason, Header,
+    PayloadEncoding, Ping, Pong, ServerFrame, Subscribe, Subscribed, Unsubscribe, client_frame,
+    server_frame,
 };
 use eventstream_proto::{
     CONTENT_TYPE_PROTOBUF, FILE_DESCRIPTOR_SET, SUBPROTOCOL_JSON, SUBPROTOCOL_PROTO,
@@ -125,6 +126,7 @@ fn client_frames_roundtrip() {
         ClientFrame::ping(Some("p-1".into())),
         ClientFrame::ping(Some(String::new())),
         ClientFrame::ping(None),
+        ClientFrame::auth("header.claims.signature"),
         ClientFrame::default(),
     ];
     for frame in &frames {
@@ -163,6 +165,7 @@ fn server_frames_roundtrip() {
         ServerFrame::channel_error("orders", "forbidden", "not allowed"),
         ServerFrame::pong(Some("p-1".into())),
         ServerFrame::pong(None),
+        ServerFrame::authenticated(1_732_280_000),
         ServerFrame::default(),
     ];
     for frame in &frames {
@@ -271,20 +274,22 @@ fn golden_envelope() {
 #[test]
 fn golden_frame_numbers() {
     // An empty variant encodes as its oneof tag (length-delimited) and length 0.
-    let server: [(ServerFrame, u8); 5] = [
+    let server: [(ServerFrame, u8); 6] = [
         (Event::default().into(), 1),
         (Subscribed::default().into(), 2),
         (Gap::default().into(), 3),
         (Error::default().into(), 4),
         (Pong::default().into(), 5),
+        (Authenticated::default().into(), 6),
     ];
     for (frame, tag) in server {
         assert_eq!(frame.encode_to_vec(), [(tag << 3) | 2, 0], "{frame:?}");
     }
-    let client: [(ClientFrame, u8); 3] = [
+    let client: [(ClientFrame, u8); 4] = [
         (Subscribe::default().into(), 1),
         (Unsubscribe::default().into(), 2),
         (Ping::default().into(), 3),
+        (Auth::default().into(), 4),
     ];
     for (frame, tag) in client {
         assert_eq!(frame.encode_to_vec(), [(tag << 3) | 2, 0], "{frame:?}");
@@ -583,6 +588,8 @@ fn file_descriptor_set_describes_the_schema() -> Result {
         "Gap",
         "Error",
         "Pong",
+        "Auth",
+        "Authenticated",
     ] {
         assert!(messages.contains(&name), "{name} missing from {messages:?}");
     }

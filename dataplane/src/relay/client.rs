@@ -35,6 +35,8 @@ pub enum Closed {
     SlowClient,
     /// Too many unread control frames.
     NotReading,
+    /// The connection's token expired and was not refreshed.
+    TokenExpired,
 }
 
 /// An item ready for the socket.
@@ -433,6 +435,25 @@ impl Client {
         st.items
             .push_back(gap_item(name, partition, from, to, reason));
         !self.wake_pending.swap(true, Ordering::AcqRel)
+    }
+
+    /// Closes the client because its token expired: nothing queued is written any more (the
+    /// token no longer allows it; the client resumes from the events it did receive).
+    pub fn expire(&self) {
+        let mut st = self.state.lock();
+        if st.closed.is_some() {
+            return;
+        }
+        st.closed = Some(Closed::TokenExpired);
+        st.items.clear();
+        st.gaps.clear();
+        st.events = 0;
+        st.controls = 0;
+        drop(st);
+        self.closed_signal.notify_one();
+        // A replay waiting for space must learn the client is gone, and the writer must wake.
+        self.space.notify_waiters();
+        self.notify.notify_one();
     }
 
     /// Queues a control frame (never dropped; too many unread closes the client).

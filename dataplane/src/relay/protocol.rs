@@ -1,6 +1,6 @@
 //! WebSocket protocol v1 (see `docs/protocol.md`): parsing client frames in both encodings and
-//! encoding the server's control frames (`subscribed`, `gap`, `error`, `pong`), each carried
-//! with its [`ControlKind`]. Pure.
+//! encoding the server's control frames (`subscribed`, `gap`, `error`, `pong`,
+//! `authenticated`), each carried with its [`ControlKind`]. Pure.
 //!
 //! [`SubscribeOptions`] is what a client asks for when it subscribes, whatever the transport:
 //! the one value that travels from the transport through the session and the hub to the
@@ -60,6 +60,11 @@ pub enum Request {
         /// Client-chosen id (a JSON string or number).
         id: Option<Value>,
     },
+    /// A new token for the connection, checked as at the upgrade (a refresh before `exp`).
+    Auth {
+        /// The JWT, without `Bearer `.
+        token: String,
+    },
 }
 
 /// Error codes of `error` frames; stable, documented in `docs/protocol.md`.
@@ -86,6 +91,12 @@ pub enum ErrorCode {
     ReplayFailed,
     /// The server is shutting down; `positions` says where to resume.
     GoingAway,
+    /// An `auth` token was refused; the connection's current token still applies.
+    Unauthorized,
+    /// `auth` on a stream that checks no tokens.
+    AuthDisabled,
+    /// The connection's token expired (30 s leeway included); the connection closes (4001).
+    TokenExpired,
 }
 
 impl ErrorCode {
@@ -102,6 +113,9 @@ impl ErrorCode {
             ErrorCode::AlreadySubscribed => "already_subscribed",
             ErrorCode::ReplayFailed => "replay_failed",
             ErrorCode::GoingAway => "going_away",
+            ErrorCode::Unauthorized => "unauthorized",
+            ErrorCode::AuthDisabled => "auth_disabled",
+            ErrorCode::TokenExpired => "token_expired",
         }
     }
 }
@@ -158,7 +172,7 @@ pub fn parse_json(text: &str) -> Result<Request, ProtocolError> {
         None => {
             return Err(ProtocolError::new(
                 ErrorCode::BadFrame,
-                "frame has no \"type\" (subscribe, unsubscribe or ping)",
+                "frame has no \"type\" (subscribe, unsubscribe, ping or auth)",
             ));
         }
     };
@@ -194,9 +208,18 @@ pub fn parse_json(text: &str) -> Result<Request, ProtocolError> {
                 "ping \"id\" must be a string or a number",
             )),
         },
+        "auth" => match obj.get("token") {
+            Some(Value::String(token)) => Ok(Request::Auth {
+                token: token.clone(),
+            }),
+            _ => Err(ProtocolError::new(
+                ErrorCode::BadFrame,
+                "auth needs a \"token\" string (the JWT, without Bearer)",
+            )),
+        },
         other => Err(ProtocolError::new(
             ErrorCode::UnknownType,
-            format!("unknown type {other:?}: use subscribe, unsubscribe or ping"),
+            format!("unknown type {other:?}: use subscribe, unsubscribe, ping or auth"),
         )),
     }
 }
@@ -271,6 +294,7 @@ pub fn parse_proto(bytes: &[u8]) -> Result<Request, ProtocolError> {
         Some(client_frame::Frame::Ping(p)) => Ok(Request::Ping {
             id: p.id.map(Value::String),
         }),
+        Some(client_frame::Frame::Auth(a)) => Ok(Request::Auth { token: a.token }),
         None => Err(ProtocolError::new(
             ErrorCode::UnknownType,
             "ClientFrame has no known frame set",
@@ -299,6 +323,8 @@ pub enum ControlKind {
     Error,
     /// `pong`.
     Pong,
+    /// `authenticated` (an `auth` accepted).
+    Authenticated,
     /// A channel's last record, sent on subscribe when `snapshot` is on: an `event` frame
     /// queued ahead of the live records, not a delivery.
     Snapshot,
@@ -312,6 +338,7 @@ impl ControlKind {
             ControlKind::Gap => "gap",
             ControlKind::Error => "error",
             ControlKind::Pong => "pong",
+            ControlKind::Authenticated => "authenticated",
             ControlKind::Snapshot => "event",
         }
     }
@@ -474,6 +501,17 @@ pub fn going_away(encoding: Encoding, resume: &BTreeMap<String, Positions>) -> C
     }
 }
 
+/// `error {code: token_expired}`, sent before the connection ends at its token's expiry.
+pub fn token_expired(encoding: Encoding) -> Control {
+    error(
+        encoding,
+        &ProtocolError::new(
+            ErrorCode::TokenExpired,
+            "the token expired: connect again with a new token (refresh before exp with an auth frame to keep the connection)",
+        ),
+    )
+}
+
 /// `pong {id?}`.
 pub fn pong(encoding: Encoding, id: Option<&Value>) -> Control {
     let kind = ControlKind::Pong;
@@ -489,6 +527,16 @@ pub fn pong(encoding: Encoding, id: Option<&Value>) -> Control {
                 other => other.to_string(),
             })),
         ),
+    }
+}
+
+/// `authenticated {exp}`: an `auth` was accepted; the connection now ends when the token of
+/// `exp` (seconds since the Unix epoch) does, unless refreshed again.
+pub fn authenticated(encoding: Encoding, exp: i64) -> Control {
+    let kind = ControlKind::Authenticated;
+    match encoding {
+        Encoding::Json => text(kind, json!({"type": "authenticated", "exp": exp})),
+        Encoding::Proto => binary(kind, ServerFrame::authenticated(exp)),
     }
 }
 
@@ -527,6 +575,18 @@ mod tests {
             parse_json(r#"{"type":"ping","id":7}"#),
             Ok(Request::Ping { id: Some(json!(7)) })
         );
+        assert_eq!(
+            parse_json(r#"{"type":"auth","token":"a.b.c"}"#),
+            Ok(Request::Auth {
+                token: "a.b.c".into()
+            })
+        );
+        assert_eq!(
+            parse_proto(&ClientFrame::auth("a.b.c").encode_to_vec()),
+            Ok(Request::Auth {
+                token: "a.b.c".into()
+            })
+        );
     }
 
     #[test]
@@ -545,6 +605,12 @@ mod tests {
             ErrorCode::UnknownType
         );
         assert_eq!(code(r#"{"type":"ping","id":{}}"#), ErrorCode::BadFrame);
+        // Seed-style `auth` without a token (`{"type":"auth","userId":…}`) is refused plainly.
+        assert_eq!(
+            code(r#"{"type":"auth","userId":"test"}"#),
+            ErrorCode::BadFrame
+        );
+        assert_eq!(code(r#"{"type":"auth","token":7}"#), ErrorCode::BadFrame);
     }
 
     #[test]

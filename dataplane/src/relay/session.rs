@@ -5,7 +5,12 @@
 //! - Before a connection is accepted: [`authorize`] (the token) and [`unavailable`] (503).
 //! - [`Session`]: the connection's [`Client`] queue and claims, its requests
 //!   ([`Session::handle`]; [`Session::subscribe`] checks a [`SubscribeOptions`], registers it
-//!   in the hub and starts its replay), and its removal from the hub when it ends.
+//!   in the hub and starts its replay; [`Session::refresh`] replaces the token), and its
+//!   removal from the hub when it ends.
+//! - The token's lifetime: a session admitted with a token closes its client
+//!   ([`Closed::TokenExpired`]) when the token stops verifying (`exp` plus the verifier's
+//!   [`LEEWAY_SECS`]), unless a refresh moved that moment; each transport ends the connection
+//!   its own way when it sees the close.
 //! - [`Batch`]: the accounting of what is written (deliveries, bytes, latency, and the last
 //!   delivered position per subscription, which a client resumes from).
 
@@ -17,14 +22,14 @@ use axum::response::{IntoResponse, Response};
 use serde_json::json;
 
 use super::channel::{ALL, valid_channel};
-use super::client::{Client, Outbound};
+use super::client::{Client, Closed, Outbound};
 use super::metrics::{RelayMetrics, STAGES};
 use super::protocol::{
     self, Control, ErrorCode, Positions, ProtocolError, Request, SubscribeOptions,
 };
 use super::record::{Encoding, WireFrame};
 use super::{ConnectionSlot, Shared};
-use crate::auth::{Claims, JwtVerifier};
+use crate::auth::{Claims, JwtVerifier, LEEWAY_SECS};
 
 /// The transport of a session, for its connection gauge.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -99,7 +104,27 @@ pub struct Session {
     claims: Option<Claims>,
     transport: Transport,
     delivered: Delivered,
+    /// Closes the client when the token expires; replaced on refresh, aborted on drop.
+    expiry: Option<tokio::task::AbortHandle>,
     _slot: ConnectionSlot,
+}
+
+/// Closes `client` when the token expiring at `exp` (Unix seconds) stops verifying: `exp` plus
+/// the same leeway the verifier allows, so a token is never accepted and then cut at once.
+/// A task per authenticated session rather than a timer in each transport's loop: both
+/// transports already end a connection whose queue is closed.
+fn watch_expiry(client: &Arc<Client>, exp: i64) -> tokio::task::AbortHandle {
+    let ends_ms = (exp.saturating_add(LEEWAY_SECS as i64)).saturating_mul(1000);
+    let left_ms = ends_ms.saturating_sub(chrono::Utc::now().timestamp_millis());
+    let left = std::time::Duration::from_millis(left_ms.max(0) as u64);
+    let client = Arc::downgrade(client);
+    tokio::spawn(async move {
+        tokio::time::sleep(left).await;
+        if let Some(client) = client.upgrade() {
+            client.expire();
+        }
+    })
+    .abort_handle()
 }
 
 impl Session {
@@ -121,12 +146,17 @@ impl Session {
             )
             .with_drop_counter(shared.metrics.slow_client_drops()),
         );
+        let expiry = claims
+            .as_ref()
+            .and_then(|c| c.expires_at)
+            .map(|exp| watch_expiry(&client, exp));
         Self {
             shared,
             client,
             claims,
             transport,
             delivered: Delivered::new(),
+            expiry,
             _slot: slot,
         }
     }
@@ -142,7 +172,7 @@ impl Session {
     }
 
     /// Serves one request; errors become `error` frames on the client's queue.
-    pub fn handle(&self, request: Result<Request, ProtocolError>) {
+    pub fn handle(&mut self, request: Result<Request, ProtocolError>) {
         let result = match request {
             Ok(Request::Subscribe(options)) => self.subscribe(options),
             Ok(Request::Unsubscribe { channel }) => {
@@ -162,6 +192,7 @@ impl Session {
                     .control(protocol::pong(self.client.encoding, id.as_ref()));
                 Ok(())
             }
+            Ok(Request::Auth { token }) => self.refresh(&token),
             Err(e) => Err(e),
         };
         if let Err(err) = result {
@@ -236,6 +267,55 @@ impl Session {
         Ok(())
     }
 
+    /// Replaces the connection's token with `token`, checked exactly as at the upgrade (the
+    /// same verifier). Accepted: the connection lives until the new token expires, every
+    /// subscription it no longer allows ends with a `forbidden` error, and `authenticated`
+    /// answers. Refused: an `unauthorized` error, and the current token (and its expiry) stays.
+    pub fn refresh(&mut self, token: &str) -> Result<(), ProtocolError> {
+        let Some(verifier) = &self.shared.verifier else {
+            return Err(ProtocolError::new(
+                ErrorCode::AuthDisabled,
+                "this stream checks no tokens: the connection needs none",
+            ));
+        };
+        if self.client.closed() == Some(Closed::TokenExpired) {
+            // Too late: the connection is already ending; the client connects again.
+            return Ok(());
+        }
+        let claims = verifier.verify(token).map_err(|e| {
+            ProtocolError::new(
+                ErrorCode::Unauthorized,
+                format!("{e}; the connection's current token still applies"),
+            )
+        })?;
+        let encoding = self.client.encoding;
+        for name in self.client.subscriptions() {
+            if claims.allows_channel(&name) {
+                continue;
+            }
+            if self.shared.hub.unsubscribe(&self.client, &name) {
+                self.shared.metrics.subscriptions.dec();
+            }
+            let err = ProtocolError::on(
+                ErrorCode::Forbidden,
+                &name,
+                "the refreshed token does not allow this channel: the subscription ended",
+            );
+            self.shared.metrics.protocol_error(err.code.as_str());
+            self.client.control(protocol::error(encoding, &err));
+        }
+        if let Some(old) = self.expiry.take() {
+            old.abort();
+        }
+        self.expiry = claims.expires_at.map(|exp| watch_expiry(&self.client, exp));
+        self.client.control(protocol::authenticated(
+            encoding,
+            claims.expires_at.unwrap_or_default(),
+        ));
+        self.claims = Some(claims);
+        Ok(())
+    }
+
     /// Counts `positions` as already delivered on `subscription` (a resume's `since`), for
     /// transports whose resume token names every partition (SSE's event id).
     pub fn resume_from(&mut self, subscription: Arc<str>, positions: Positions) {
@@ -282,6 +362,9 @@ impl Session {
 
 impl Drop for Session {
     fn drop(&mut self) {
+        if let Some(expiry) = self.expiry.take() {
+            expiry.abort();
+        }
         self.leave();
         self.transport.connections(&self.shared.metrics).dec();
     }

@@ -195,6 +195,7 @@ async fn next(mut st: Stream) -> Option<(Result<Event, Infallible>, Stream)> {
                     let (code, reason) = match closed {
                         Closed::SlowClient => ("slow_client", "slow client: reconnect to resume"),
                         Closed::NotReading => ("not_reading", "too many unread replies"),
+                        Closed::TokenExpired => ("token_expired", "the token expired: reconnect with a new token"),
                     };
                     shared.metrics.close(code);
                     st.buffer.push_back(Event::default().event("error").data(

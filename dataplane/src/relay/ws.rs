@@ -28,6 +28,8 @@ pub const CLOSE_SLOW_CLIENT: u16 = 4008;
 pub const CLOSE_IDLE: u16 = 4000;
 /// Close code: the client queued too many replies without reading them.
 pub const CLOSE_NOT_READING: u16 = 4009;
+/// Close code: the connection's token expired (30 s leeway included) and no `auth` refreshed it.
+pub const CLOSE_TOKEN_EXPIRED: u16 = 4001;
 /// Read buffer per connection: client frames are small requests.
 pub const READ_BUFFER_BYTES: usize = 4 * 1024;
 /// Bytes buffered before tungstenite writes to the socket (we flush after every batch anyway).
@@ -297,6 +299,22 @@ async fn finish(socket: &mut WebSocket, client: &Client, session: &mut Session, 
         End::Closed(Closed::NotReading) => {
             metrics.close("not_reading");
             close(socket, CLOSE_NOT_READING, "too many unread replies").await;
+        }
+        End::Closed(Closed::TokenExpired) => {
+            metrics.close("token_expired");
+            // The error frame says why in the protocol's own terms (a close reason is often
+            // not surfaced by browser APIs); nothing queued is written after the expiry.
+            let _ = tokio::time::timeout(
+                Duration::from_secs(2),
+                socket.send(to_message(protocol::token_expired(client.encoding).frame)),
+            )
+            .await;
+            close(
+                socket,
+                CLOSE_TOKEN_EXPIRED,
+                "token expired: connect again with a new token",
+            )
+            .await;
         }
         End::Idle => {
             metrics.close("idle");
