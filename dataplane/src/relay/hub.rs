@@ -270,6 +270,12 @@ impl Hub {
         self.subscriptions.load(Ordering::Relaxed)
     }
 
+    /// Next offset per partition among the records published to `channel`'s shard: a lower
+    /// bound of the positions a subscription to `channel` registered now would get.
+    pub fn channel_positions(&self, channel: &str) -> Positions {
+        self.shard(channel).lock().positions.clone()
+    }
+
     /// Next offset per partition over every record published (the `*` shard sees them all).
     pub fn live_positions(&self) -> Positions {
         self.star.lock().positions.clone()

@@ -1,13 +1,16 @@
 //! Server-Sent Events, for clients that cannot use WebSocket: `GET /sse?channel=X`.
 //!
 //! Each record is one SSE message whose `data` is the same JSON as a WebSocket `event` frame and
-//! whose `id` lists the last offset seen per partition (`0:41,3:17`), so a reconnecting
-//! `EventSource` sends it back as `Last-Event-ID` and resumes with the same no-gap/no-duplicate
-//! rule as WebSocket. Control frames are named events (`subscribed`, `gap`, `error`), by the
+//! whose `id` gives, for *every* partition of the topic, the last offset the client has seen
+//! (`0:41,1:-1,2:17`), so a reconnecting `EventSource` sends it back as `Last-Event-ID` and
+//! resumes with the same no-gap/no-duplicate rule as WebSocket. `subscribed` carries such an id
+//! too. An id that left out a partition would make that partition resume live, and whatever
+//! was produced there while the client was away would never arrive (the id rule is in
+//! `docs/protocol.md`). Control frames are named events (`subscribed`, `gap`, `error`), by the
 //! kind they carry. The subscription, its checks and the delivery accounting are the
 //! [`session`](super::session)'s; this module owns the SSE framing.
 
-use std::collections::VecDeque;
+use std::collections::{BTreeMap, VecDeque};
 use std::convert::Infallible;
 use std::sync::Arc;
 
@@ -89,7 +92,7 @@ pub async fn handler(
         .and_then(|v| v.to_str().ok())
         .map(str::to_owned)
         .or(query.since);
-    let since = match resume.as_deref().filter(|s| !s.is_empty()) {
+    let mut since = match resume.as_deref().filter(|s| !s.is_empty()) {
         None => None,
         Some(text) => match parse_positions(text) {
             Some(p) if !p.is_empty() => Some(p),
@@ -110,6 +113,16 @@ pub async fn handler(
     };
     let mut session = Session::open(shared.clone(), slot, Transport::Sse, Encoding::Json, claims);
     let channel: Arc<str> = channel.into();
+    if let Some(since) = &mut since {
+        // A resume token without some partitions (a hand-written `since`, or an id from a
+        // bridge before ids named every partition) resumes those from where the channel's
+        // shard is now. Completing it *before* registering makes it a replay of whatever is
+        // published until registration, and makes every id of this connection, the replayed
+        // events' ones included, name every partition.
+        for (p, next) in shared.hub.channel_positions(&channel) {
+            since.entry(p).or_insert(next - 1);
+        }
+    }
     // The event id names every partition, those of `since` included, so that a reconnect
     // never goes back before them.
     let positions = since.clone().unwrap_or_default();
@@ -130,11 +143,11 @@ pub async fn handler(
         )
             .into_response();
     }
-    session.resume_from(channel.clone(), positions);
+    session.resume_from(channel.clone(), positions.clone());
     let ping = shared.config.ping_interval;
     let state = Stream {
         session,
-        channel,
+        seen: positions,
         buffer: VecDeque::new(),
         done: false,
     };
@@ -147,7 +160,9 @@ pub async fn handler(
 /// The response's state; dropping it (client gone or server closing) ends the session.
 struct Stream {
     session: Session,
-    channel: Arc<str>,
+    /// The resume id: per partition of the topic, the last offset this client has seen or
+    /// was told it need not see (below `subscribed`'s positions). Only ever moves forward.
+    seen: Positions,
     buffer: VecDeque<Event>,
     done: bool,
 }
@@ -181,8 +196,7 @@ async fn next(mut st: Stream) -> Option<(Result<Event, Infallible>, Stream)> {
         tokio::select! {
             _ = shared.shutdown.cancelled() => {
                 st.fill(client.drain().items);
-                let positions = st.session.delivered(&st.channel).cloned().unwrap_or_default();
-                let resume = [(String::from("positions"), positions)].into();
+                let resume = [(String::from("positions"), st.seen.clone())].into();
                 let going_away = protocol::going_away(Encoding::Json, &resume);
                 st.buffer.push_back(Event::default().event("error").data(text_of(&going_away.frame)));
                 shared.metrics.close("shutdown");
@@ -208,6 +222,30 @@ async fn next(mut st: Stream) -> Option<(Result<Event, Infallible>, Stream)> {
     }
 }
 
+/// `subscribed`'s `positions` (next offsets), read back from the frame the hub or the
+/// replayer encoded: SSE always speaks JSON, and reading the frame keeps the shared control
+/// type free of a field only this transport needs.
+fn subscribed_positions(frame: &WireFrame) -> Option<Positions> {
+    #[derive(Deserialize)]
+    struct Subscribed {
+        positions: BTreeMap<String, i64>,
+    }
+    let parsed: Subscribed = serde_json::from_str(text_of(frame)).ok()?;
+    parsed
+        .positions
+        .into_iter()
+        .map(|(p, next)| Some((p.parse().ok()?, next)))
+        .collect()
+}
+
+/// Moves `seen` forward to `to` (never back: a `since` ahead of this bridge stays a floor).
+fn advance(seen: &mut Positions, to: impl IntoIterator<Item = (i32, i64)>) {
+    for (p, o) in to {
+        let at = seen.entry(p).or_insert(o);
+        *at = (*at).max(o);
+    }
+}
+
 impl Stream {
     fn fill(&mut self, items: Vec<Outbound>) {
         let mut batch = self.session.batch();
@@ -217,11 +255,24 @@ impl Stream {
                     subscription,
                     frame,
                 } => {
-                    let id = batch
-                        .delivered(&subscription)
-                        .map(format_positions)
-                        .unwrap_or_default();
-                    Event::default().id(id).data(text_of(&frame))
+                    if let Some(delivered) = batch.delivered(&subscription) {
+                        advance(&mut self.seen, delivered.iter().map(|(p, o)| (*p, *o)));
+                    }
+                    Event::default()
+                        .id(format_positions(&self.seen))
+                        .data(text_of(&frame))
+                }
+                Frame::Control(control) if control.kind == ControlKind::Subscribed => {
+                    // Live delivery starts at these positions: everything of the channel
+                    // below them was either replayed or is not the client's to see, so the
+                    // id moves to just below them on every partition the topic has.
+                    if let Some(live) = subscribed_positions(&control.frame) {
+                        advance(&mut self.seen, live.into_iter().map(|(p, o)| (p, o - 1)));
+                    }
+                    Event::default()
+                        .event(event_name(control.kind))
+                        .id(format_positions(&self.seen))
+                        .data(text_of(&control.frame))
                 }
                 Frame::Control(control) => Event::default()
                     .event(event_name(control.kind))
@@ -245,6 +296,18 @@ mod tests {
         for bad in ["x", "0:", ":1", "0:-2", "-1:3", "0:1:2", "0;1"] {
             assert_eq!(parse_positions(bad), None, "{bad}");
         }
+    }
+
+    #[test]
+    fn subscribed_moves_the_id_to_just_below_live_on_every_partition_and_never_back() {
+        let live: Positions = [(0, 10), (1, 0), (2, 7)].into();
+        let frame = protocol::subscribed(Encoding::Json, "a", &live).frame;
+        assert_eq!(subscribed_positions(&frame), Some(live.clone()));
+        // A `since` ahead of this bridge on partition 2 stays a floor.
+        let mut seen: Positions = [(2, 9)].into();
+        advance(&mut seen, live.into_iter().map(|(p, o)| (p, o - 1)));
+        assert_eq!(format_positions(&seen), "0:9,1:-1,2:9");
+        assert_eq!(parse_positions("0:9,1:-1,2:9"), Some(seen));
     }
 
     #[test]
