@@ -10,7 +10,7 @@ use eventstream_crds::config::{
     ENV_JWT_KEY, ENV_KAFKA_PASSWORD, ENV_KAFKA_USERNAME, ENV_POSTGRES_URL,
 };
 use eventstream_crds::render::{self, KAFKA_CA_FILE, RenderError};
-use eventstream_crds::v1alpha1::{SecurityProtocol, WorkloadSpec};
+use eventstream_crds::v1alpha1::WorkloadSpec;
 use k8s_openapi::api::apps::v1::{Deployment, DeploymentSpec};
 use k8s_openapi::api::core::v1::{
     Affinity, Capabilities, ConfigMap, ConfigMapVolumeSource, Container, ContainerPort,
@@ -269,25 +269,14 @@ fn secret_env(name: &str, secret: &str, key: &str) -> EnvVar {
     }
 }
 
-fn uses_sasl(es: &EventStream) -> bool {
-    matches!(
-        es.spec.kafka.security_protocol,
-        SecurityProtocol::SaslPlaintext | SecurityProtocol::SaslSsl
-    )
-}
-
-fn uses_tls(es: &EventStream) -> bool {
-    matches!(
-        es.spec.kafka.security_protocol,
-        SecurityProtocol::Ssl | SecurityProtocol::SaslSsl
-    )
-}
-
 /// Secrets reach pods only as environment variables (and the CA as a file), never through the
 /// ConfigMap.
 fn env(es: &EventStream, component: Component) -> Vec<EnvVar> {
     let mut env = Vec::new();
-    if let (true, Some(secret)) = (uses_sasl(es), &es.spec.kafka.secret_ref) {
+    if let (true, Some(secret)) = (
+        es.spec.kafka.security_protocol.uses_sasl(),
+        &es.spec.kafka.secret_ref,
+    ) {
         env.push(secret_env(ENV_KAFKA_USERNAME, &secret.name, "username"));
         env.push(secret_env(ENV_KAFKA_PASSWORD, &secret.name, "password"));
     }
@@ -416,7 +405,10 @@ fn volumes(es: &EventStream, component: Component) -> (Vec<Volume>, Vec<VolumeMo
             ..VolumeMount::default()
         },
     ];
-    if let (true, Some(secret)) = (uses_tls(es), &es.spec.kafka.secret_ref) {
+    if let (true, Some(secret)) = (
+        es.spec.kafka.security_protocol.uses_tls(),
+        &es.spec.kafka.secret_ref,
+    ) {
         let (dir, file) = KAFKA_CA_FILE
             .rsplit_once('/')
             .unwrap_or(("/", KAFKA_CA_FILE));
