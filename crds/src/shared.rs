@@ -219,16 +219,22 @@ pub enum JwtAlgorithm {
 }
 
 /// TimescaleDB mode.
+// CamelCase words, as Kubernetes' own enums: YAML 1.1 readers (kubectl, Helm) turn an unquoted
+// `on` or `off` into a boolean, which the API server then refuses for a string field. The old
+// spellings are still read (never written): objects stored before carry `auto`, and a ConfigMap
+// written by an older operator may say `on` or `off`; the CRD lists only the new ones.
 #[derive(JsonSchema, Serialize, Deserialize, Clone, Copy, Debug, PartialEq, Eq, Default)]
-#[serde(rename_all = "lowercase")]
 pub enum Timescale {
     /// A hypertable when the extension is available, a plain table otherwise.
     #[default]
+    #[serde(alias = "auto")]
     Auto,
     /// Always a hypertable; the sink fails to start when the extension is missing.
-    On,
+    #[serde(alias = "on")]
+    Enabled,
     /// Always a plain table.
-    Off,
+    #[serde(alias = "off")]
+    Disabled,
 }
 
 /// How the sink stores payloads.
@@ -289,6 +295,24 @@ mod tests {
             SecurityProtocol::Ssl.sasl_mechanism(Some(SaslMechanism::Plain)),
             None
         );
+    }
+
+    #[test]
+    fn timescale_reads_the_old_spellings_and_writes_the_new() {
+        for (old, new, mode) in [
+            ("auto", "Auto", Timescale::Auto),
+            ("on", "Enabled", Timescale::Enabled),
+            ("off", "Disabled", Timescale::Disabled),
+        ] {
+            assert_eq!(serde_yaml::from_str::<Timescale>(old).ok(), Some(mode));
+            assert_eq!(serde_yaml::from_str::<Timescale>(new).ok(), Some(mode));
+            assert_eq!(
+                serde_json::to_value(mode).ok(),
+                Some(serde_json::json!(new))
+            );
+        }
+        // What YAML 1.1 makes of an unquoted `off` is refused, not guessed.
+        assert!(serde_json::from_value::<Timescale>(serde_json::json!(false)).is_err());
     }
 
     #[test]

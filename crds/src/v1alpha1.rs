@@ -20,6 +20,12 @@ pub use crate::shared::{
     TABLE_NAME_PATTERN, TOPIC_NAME_PATTERN, Timescale,
 };
 
+/// Longest `metadata.name` of an EventStream: its objects are named `<name>-bridge`,
+/// `<name>-sink` and `<name>-config`, and Services (so the names) are DNS labels of at most 63
+/// characters. The CRD refuses longer names at admission (CEL); the operator checks the
+/// children's names again before it builds them.
+pub const MAX_NAME_LENGTH: usize = 63 - "-bridge".len();
+
 /// An EventStream is one real-time pipeline: a Kafka topic, bridge pods that take HTTP events
 /// into it and fan it out to WebSocket and Server-Sent-Events clients, and optionally sink pods
 /// that persist it into PostgreSQL exactly once.
@@ -39,7 +45,11 @@ pub use crate::shared::{
     printcolumn = r#"{"name":"Topic","type":"string","description":"Kafka topic of the stream","jsonPath":".status.topic.name"}"#,
     printcolumn = r#"{"name":"Partitions","type":"integer","description":"Partitions of the topic","jsonPath":".spec.topic.partitions"}"#,
     printcolumn = r#"{"name":"Ready","type":"string","description":"Whether the whole pipeline is ready","jsonPath":".status.conditions[?(@.type==\"Ready\")].status"}"#,
-    printcolumn = r#"{"name":"Age","type":"date","jsonPath":".metadata.creationTimestamp"}"#
+    printcolumn = r#"{"name":"Age","type":"date","jsonPath":".metadata.creationTimestamp"}"#,
+    validation = Rule::new(format!("self.metadata.name.size() <= {MAX_NAME_LENGTH}"))
+        .message(kube::core::Message::Message(format!("metadata.name may have at most {MAX_NAME_LENGTH} characters: the stream's objects are named <name>-bridge, <name>-sink and <name>-config, which Kubernetes limits to 63"))),
+    validation = Rule::new("self.metadata.name.matches('^[a-z]([-a-z0-9]*[a-z0-9])?$')")
+        .message("metadata.name must be a DNS label (lower-case letters, digits and '-', starting with a letter, no '.'): the stream's Services are named after it")
 )]
 #[serde(rename_all = "camelCase")]
 pub struct EventStreamSpec {
@@ -383,8 +393,8 @@ pub struct AuthSpec {
 pub struct PersistenceSpec {
     /// The database and table.
     pub postgres: PostgresSpec,
-    /// Turn the table into a TimescaleDB hypertable: `auto` when the extension exists, `on`
-    /// requires it (the sink refuses to start without it), `off` never.
+    /// Turn the table into a TimescaleDB hypertable: `Auto` when the extension exists, `Enabled`
+    /// requires it (the sink refuses to start without it), `Disabled` never.
     #[serde(default)]
     pub timescale: Timescale,
     /// How records are grouped into transactions.

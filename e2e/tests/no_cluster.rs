@@ -205,7 +205,7 @@ async fn telemetry_stream_end_to_end_with_crashes_and_restarts() -> Result<()> {
         .as_mut()
         .context("the example persists")?;
     persistence.postgres.table = TABLE.into();
-    persistence.timescale = Timescale::Off;
+    persistence.timescale = Timescale::Disabled;
     ensure!(es.spec.bridge.replicas == 2, "the example runs two bridges");
 
     // Topics through the operator's admin code; a second pass changes nothing.
