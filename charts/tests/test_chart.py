@@ -345,7 +345,7 @@ def _():
         differ = []
         for path, label in paths.items():
             yaml11 = reading(Path(path).read_text(encoding="utf-8"))
-            count += len([d for d in yaml11 if d is not None])
+            count += len(yaml11)
             if yaml11 != yaml12[path]:
                 differ.append(label)
     assert not differ, f"read differently by kubectl/Helm and by serde_yaml (quote the value): {differ}"

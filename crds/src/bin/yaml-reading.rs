@@ -1,5 +1,5 @@
 //! Prints how serde_yaml (YAML 1.2, the reader of the operator, the dataplane and their tests)
-//! reads YAML files: `yaml-reading FILE...` prints `{"FILE": [document, ...], ...}` as JSON, in
+//! reads YAML files: `yaml-reading FILE...` prints `{"FILE": [document, ...], ...}` (non-empty documents) as JSON, in
 //! the form `crds/tests/yaml_reading.py` prints for YAML 1.1 (kubectl, Helm), so the two compare
 //! as equal JSON exactly when both kinds of tools read the same data. Mapping keys become
 //! strings (a non-string key as its JSON text), values JSON has no type for are tagged objects.
@@ -49,10 +49,17 @@ fn plain(value: &Yaml) -> Json {
     }
 }
 
+/// The non-empty documents: serde_yaml reads an empty text as one null document where PyYAML
+/// reads none, and kubectl and Helm skip empty documents either way.
 fn reading(text: &str) -> Result<Vec<Json>, serde_yaml::Error> {
-    serde_yaml::Deserializer::from_str(text)
-        .map(|doc| Yaml::deserialize(doc).map(|v| plain(&v)))
-        .collect()
+    let mut docs = Vec::new();
+    for doc in serde_yaml::Deserializer::from_str(text) {
+        let value = Yaml::deserialize(doc)?;
+        if !value.is_null() {
+            docs.push(plain(&value));
+        }
+    }
+    Ok(docs)
 }
 
 fn main() -> ExitCode {
