@@ -27,13 +27,14 @@ WORKDIR /src
 COPY . .
 
 # The registry and the target dir live in BuildKit caches (fast rebuilds); the binaries are
-# copied out of the cache mount because its content is not part of the layer.
+# copied out of the cache mount because its content is not part of the layer. Two cargo runs:
+# built together, Cargo would unify features and compile the dataplane against the operator's
+# eventstream-crds (feature `kube`), carrying kube and k8s-openapi it does not use.
 RUN --mount=type=cache,target=/usr/local/cargo/registry,sharing=locked \
     --mount=type=cache,target=/usr/local/cargo/git,sharing=locked \
     --mount=type=cache,target=/src/target,sharing=locked \
-    cargo build --release --locked \
-      -p eventstream-operator --bin eventstream-operator \
-      -p eventstream-dataplane --bin eventstream-dataplane \
+    cargo build --release --locked -p eventstream-dataplane --bin eventstream-dataplane \
+ && cargo build --release --locked -p eventstream-operator --bin eventstream-operator \
  && mkdir -p /out \
  && cp target/release/eventstream-operator target/release/eventstream-dataplane /out/ \
  && /out/eventstream-operator --help >/dev/null \

@@ -24,6 +24,8 @@ What is checked:
   registration code, checked against docs/metrics.md and against /metrics of the real binaries
   (operator, sink, and bridge when the tansu broker is installed);
 - the EventStream in NOTES.txt validates against the CRD schema.
+- every rendered template reads the same in YAML 1.1 (PyYAML, as kubectl and Helm) and in YAML 1.2
+  (serde_yaml, through the `yaml-reading` binary of eventstream-crds).
 """
 
 from __future__ import annotations
@@ -310,6 +312,46 @@ for _mode, _values in MODES.items():
         for o in objs:
             kinds[o["kind"]] = kinds.get(o["kind"], 0) + 1
         return ", ".join(f"{k}×{n}" if n > 1 else k for k, n in sorted(kinds.items()))
+
+
+def yaml11_reading():
+    """crds/tests/yaml_reading.py: how kubectl and Helm (YAML 1.1) read a YAML text."""
+    import importlib.util
+
+    spec = importlib.util.spec_from_file_location("yaml_reading", ROOT / "crds" / "tests" / "yaml_reading.py")
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module.reading
+
+
+@check("every rendered template reads the same in YAML 1.1 (kubectl, Helm) and YAML 1.2 (serde_yaml), in every mode")
+def _():
+    # The committed CRD, its chart copy, the examples and the golden files get the same
+    # comparison in crds/tests/yaml11.rs; the templates exist only once Helm rendered them.
+    reading = yaml11_reading()
+    count = 0
+    with tempfile.TemporaryDirectory() as tmp:
+        paths: dict[str, str] = {}
+        for mode, values in MODES.items():
+            with helm.Chart.load(CHART) as chart:
+                files = chart.render(values=values, name=RELEASE, namespace=RELEASE_NS, is_install=True)
+            for name, text in sorted(files.items()):
+                if name.endswith("NOTES.txt"):
+                    continue
+                path = Path(tmp) / f"{len(paths)}.yaml"
+                path.write_text(text, encoding="utf-8")
+                paths[str(path)] = f"{mode}: {name}"
+        out = subprocess.run([binary("yaml-reading"), *paths], capture_output=True, text=True, check=False)
+        assert out.returncode == 0, f"yaml-reading failed: {out.stderr}"
+        yaml12 = json.loads(out.stdout)
+        differ = []
+        for path, label in paths.items():
+            yaml11 = reading(Path(path).read_text(encoding="utf-8"))
+            count += len(yaml11)
+            if yaml11 != yaml12[path]:
+                differ.append(label)
+    assert not differ, f"read differently by kubectl/Helm and by serde_yaml (quote the value): {differ}"
+    return f"{count} rendered documents in {len(MODES)} modes"
 
 
 # Strict subsets of the Prometheus Operator's monitoring.coreos.com/v1 CRDs (field names as in
@@ -1079,7 +1121,7 @@ def fetch(url: str, timeout: float = 20, proc: subprocess.Popen | None = None) -
 def binary(name: str) -> str:
     target = os.environ.get("CARGO_TARGET_DIR") or str(Path(os.environ.get("EVENTSTREAM_CACHE", Path.home() / ".cache" / "eventstream")) / "target")
     path = Path(target) / "debug" / name
-    assert path.is_file(), f"{path} is missing: scripts/chart-test builds it (cargo build -p {name} --bins)"
+    assert path.is_file(), f"{path} is missing: scripts/chart-test builds it (cargo build --bins)"
     return str(path)
 
 

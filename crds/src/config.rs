@@ -13,6 +13,7 @@ use std::time::Duration;
 
 use serde::{Deserialize, Serialize};
 
+use crate::defaults;
 use crate::duration::serde_str;
 use crate::pointer;
 use crate::v1alpha1::{
@@ -97,10 +98,10 @@ pub struct KafkaConfig {
 #[serde(rename_all = "camelCase")]
 pub struct ServerConfig {
     /// Address of the HTTP server.
-    #[serde(default = "default_listen")]
+    #[serde(default = "defaults::listen")]
     pub listen: SocketAddr,
     /// How long shutdown waits for clients and in-flight work after SIGTERM.
-    #[serde(default = "default_shutdown_grace", with = "serde_str")]
+    #[serde(default = "defaults::shutdown_grace", with = "serde_str")]
     pub shutdown_grace: Duration,
     /// Bridge: how long it may go without any answer from Kafka (a fetched record, or the
     /// partition metadata and watermarks it reads regularly) before `/readyz` and `/health`
@@ -123,8 +124,8 @@ pub struct ServerConfig {
 impl Default for ServerConfig {
     fn default() -> Self {
         Self {
-            listen: default_listen(),
-            shutdown_grace: default_shutdown_grace(),
+            listen: defaults::listen(),
+            shutdown_grace: defaults::shutdown_grace(),
             kafka_unready_after: default_kafka_unready_after(),
             drain_delay: Duration::ZERO,
         }
@@ -136,7 +137,7 @@ impl Default for ServerConfig {
 #[serde(rename_all = "camelCase")]
 pub struct IngestConfig {
     /// Serve `/produce` and `/produce/batch`.
-    #[serde(default = "default_true")]
+    #[serde(default = "defaults::enabled")]
     pub enabled: bool,
     /// JSON pointer of the key field.
     #[serde(default, skip_serializing_if = "Option::is_none")]
@@ -148,19 +149,19 @@ pub struct IngestConfig {
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub schema: Option<serde_json::Value>,
     /// Largest `/produce` body.
-    #[serde(default = "default_max_body_bytes")]
+    #[serde(default = "defaults::max_body_bytes")]
     pub max_body_bytes: u32,
     /// Largest `/produce/batch` body.
-    #[serde(default = "default_max_batch_bytes")]
+    #[serde(default = "defaults::max_batch_bytes")]
     pub max_batch_bytes: u32,
     /// Most events in one batch.
-    #[serde(default = "default_max_batch_items")]
+    #[serde(default = "defaults::max_batch_items")]
     pub max_batch_items: u32,
     /// Producer `linger.ms`.
-    #[serde(default = "default_linger", with = "serde_str")]
+    #[serde(default = "defaults::linger", with = "serde_str")]
     pub linger: Duration,
     /// Longest wait for the broker's acknowledgement before 503.
-    #[serde(default = "default_produce_timeout", with = "serde_str")]
+    #[serde(default = "defaults::produce_timeout", with = "serde_str")]
     pub produce_timeout: Duration,
     /// Producer `compression.type`.
     #[serde(default)]
@@ -181,11 +182,11 @@ impl Default for IngestConfig {
             key_field: None,
             required_fields: Vec::new(),
             schema: None,
-            max_body_bytes: default_max_body_bytes(),
-            max_batch_bytes: default_max_batch_bytes(),
-            max_batch_items: default_max_batch_items(),
-            linger: default_linger(),
-            produce_timeout: default_produce_timeout(),
+            max_body_bytes: defaults::max_body_bytes(),
+            max_batch_bytes: defaults::max_batch_bytes(),
+            max_batch_items: defaults::max_batch_items(),
+            linger: defaults::linger(),
+            produce_timeout: defaults::produce_timeout(),
             compression: Compression::default(),
             enrich: None,
             cors_origins: Vec::new(),
@@ -198,7 +199,7 @@ impl Default for IngestConfig {
 #[serde(rename_all = "camelCase")]
 pub struct WebSocketConfig {
     /// Serve `/ws` and `/sse`.
-    #[serde(default = "default_true")]
+    #[serde(default = "defaults::enabled")]
     pub enabled: bool,
     /// Channel derivation.
     #[serde(default)]
@@ -207,31 +208,31 @@ pub struct WebSocketConfig {
     #[serde(default)]
     pub start_from: StartFrom,
     /// Most records replayed for one resume (0: no replay).
-    #[serde(default = "default_replay_max")]
+    #[serde(default = "defaults::replay_max_messages")]
     pub replay_max_messages: u32,
     /// Keep and send the last record per channel.
     #[serde(default)]
     pub snapshot: bool,
     /// Per-client queue length.
-    #[serde(default = "default_queue_messages")]
+    #[serde(default = "defaults::queue_messages")]
     pub queue_messages: u32,
     /// What happens when the queue is full.
     #[serde(default)]
     pub slow_client_policy: SlowClientPolicy,
     /// Most concurrent connections.
-    #[serde(default = "default_max_connections")]
+    #[serde(default = "defaults::max_connections")]
     pub max_connections: u32,
     /// Most subscriptions per connection.
-    #[serde(default = "default_max_subscriptions")]
+    #[serde(default = "defaults::max_subscriptions_per_connection")]
     pub max_subscriptions_per_connection: u32,
     /// Largest client frame.
-    #[serde(default = "default_max_frame_bytes")]
+    #[serde(default = "defaults::max_frame_bytes")]
     pub max_frame_bytes: u32,
     /// Server ping interval.
-    #[serde(default = "default_ping_interval", with = "serde_str")]
+    #[serde(default = "defaults::ping_interval", with = "serde_str")]
     pub ping_interval: Duration,
     /// Idle timeout.
-    #[serde(default = "default_idle_timeout", with = "serde_str")]
+    #[serde(default = "defaults::idle_timeout", with = "serde_str")]
     pub idle_timeout: Duration,
 }
 
@@ -241,15 +242,15 @@ impl Default for WebSocketConfig {
             enabled: true,
             channel: ChannelSpec::default(),
             start_from: StartFrom::default(),
-            replay_max_messages: default_replay_max(),
+            replay_max_messages: defaults::replay_max_messages(),
             snapshot: false,
-            queue_messages: default_queue_messages(),
+            queue_messages: defaults::queue_messages(),
             slow_client_policy: SlowClientPolicy::default(),
-            max_connections: default_max_connections(),
-            max_subscriptions_per_connection: default_max_subscriptions(),
-            max_frame_bytes: default_max_frame_bytes(),
-            ping_interval: default_ping_interval(),
-            idle_timeout: default_idle_timeout(),
+            max_connections: defaults::max_connections(),
+            max_subscriptions_per_connection: defaults::max_subscriptions_per_connection(),
+            max_frame_bytes: defaults::max_frame_bytes(),
+            ping_interval: defaults::ping_interval(),
+            idle_timeout: defaults::idle_timeout(),
         }
     }
 }
@@ -267,16 +268,16 @@ pub struct AuthConfig {
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub audience: Option<String>,
     /// Claim with the allowed channel globs.
-    #[serde(default = "default_channels_claim")]
+    #[serde(default = "defaults::channels_claim")]
     pub channels_claim: String,
     /// Claim that allows publishing.
-    #[serde(default = "default_publish_claim")]
+    #[serde(default = "defaults::publish_claim")]
     pub publish_claim: String,
     /// Protect `/ws` and `/sse`.
-    #[serde(default = "default_true")]
+    #[serde(default = "defaults::enabled")]
     pub websocket: bool,
     /// Protect ingest.
-    #[serde(default = "default_true")]
+    #[serde(default = "defaults::enabled")]
     pub ingest: bool,
 }
 
@@ -290,10 +291,10 @@ pub struct SinkConfig {
     #[serde(default)]
     pub timescale: Timescale,
     /// Rows per transaction.
-    #[serde(default = "default_batch_rows")]
+    #[serde(default = "defaults::batch_max_rows")]
     pub max_rows: u32,
     /// Longest wait before a batch is written.
-    #[serde(default = "default_batch_delay", with = "serde_str")]
+    #[serde(default = "defaults::batch_max_delay", with = "serde_str")]
     pub max_delay: Duration,
     /// Payload column type.
     #[serde(default)]
@@ -437,11 +438,7 @@ impl DataplaneConfig {
         if let Err(reason) = check_bootstrap(&self.kafka.bootstrap_servers) {
             bad("kafka.bootstrapServers", reason);
         }
-        let sasl = matches!(
-            self.kafka.security_protocol,
-            SecurityProtocol::SaslPlaintext | SecurityProtocol::SaslSsl
-        );
-        if self.kafka.sasl_mechanism.is_some() && !sasl {
+        if self.kafka.sasl_mechanism.is_some() && !self.kafka.security_protocol.uses_sasl() {
             bad(
                 "kafka.saslMechanism",
                 "only applies when securityProtocol is SASL_PLAINTEXT or SASL_SSL".into(),
@@ -660,15 +657,6 @@ pub fn check_table_name(name: &str) -> Result<(), String> {
     Ok(())
 }
 
-fn default_true() -> bool {
-    true
-}
-fn default_listen() -> SocketAddr {
-    SocketAddr::from(([0, 0, 0, 0], 8080))
-}
-fn default_shutdown_grace() -> Duration {
-    Duration::from_secs(10)
-}
 /// Three failed 10 s metadata reads in a row: a broker restart or a leader election passes
 /// well within it, a lost network does not.
 fn default_kafka_unready_after() -> Duration {
@@ -676,54 +664,6 @@ fn default_kafka_unready_after() -> Duration {
 }
 fn is_default_kafka_unready_after(value: &Duration) -> bool {
     *value == default_kafka_unready_after()
-}
-fn default_max_body_bytes() -> u32 {
-    1024 * 1024
-}
-fn default_max_batch_bytes() -> u32 {
-    8 * 1024 * 1024
-}
-fn default_max_batch_items() -> u32 {
-    1000
-}
-fn default_linger() -> Duration {
-    Duration::from_millis(1)
-}
-fn default_produce_timeout() -> Duration {
-    Duration::from_secs(10)
-}
-fn default_replay_max() -> u32 {
-    10_000
-}
-fn default_queue_messages() -> u32 {
-    1024
-}
-fn default_max_connections() -> u32 {
-    20_000
-}
-fn default_max_subscriptions() -> u32 {
-    100
-}
-fn default_max_frame_bytes() -> u32 {
-    64 * 1024
-}
-fn default_ping_interval() -> Duration {
-    Duration::from_secs(20)
-}
-fn default_idle_timeout() -> Duration {
-    Duration::from_secs(60)
-}
-fn default_channels_claim() -> String {
-    "channels".into()
-}
-fn default_publish_claim() -> String {
-    "publish".into()
-}
-fn default_batch_rows() -> u32 {
-    5000
-}
-fn default_batch_delay() -> Duration {
-    Duration::from_secs(1)
 }
 
 #[cfg(test)]
@@ -740,7 +680,7 @@ topic: shop.clicks
     fn minimal_config_gets_defaults() {
         let config = DataplaneConfig::from_yaml(MINIMAL).expect("valid");
         assert_eq!(config.stream.label(), "shop/clicks");
-        assert_eq!(config.server.listen, default_listen());
+        assert_eq!(config.server.listen, defaults::listen());
         assert_eq!(config.websocket.queue_messages, 1024);
         assert_eq!(config.websocket.ping_interval, Duration::from_secs(20));
         assert!(config.ingest.enabled);

@@ -17,42 +17,83 @@ pub enum DurationError {
     Overflow(String),
 }
 
-/// Parses `1h30m`-style durations.
-pub fn parse(text: &str) -> Result<Duration, DurationError> {
-    if text.is_empty() {
-        return Err(DurationError::Empty);
-    }
-    let invalid = || DurationError::Invalid(text.to_string());
-    let overflow = || DurationError::Overflow(text.to_string());
+/// What is wrong with a duration text; [`parse`] attaches the text.
+enum Problem {
+    Empty,
+    Invalid,
+    Overflow,
+}
+
+/// The one parser, `const` so that defaults are checked when compiling ([`parse_const`]).
+const fn millis(text: &str) -> Result<u64, Problem> {
     let bytes = text.as_bytes();
+    if bytes.is_empty() {
+        return Err(Problem::Empty);
+    }
     let mut total_ms: u64 = 0;
     let mut i = 0;
     while i < bytes.len() {
         let start = i;
+        let mut number: u64 = 0;
         while i < bytes.len() && bytes[i].is_ascii_digit() {
+            let digit = (bytes[i] - b'0') as u64;
+            number = match number.checked_mul(10) {
+                Some(n) => match n.checked_add(digit) {
+                    Some(n) => n,
+                    None => return Err(Problem::Overflow),
+                },
+                None => return Err(Problem::Overflow),
+            };
             i += 1;
         }
         if start == i {
-            return Err(invalid());
+            return Err(Problem::Invalid);
         }
-        let number: u64 = text[start..i].parse().map_err(|_| overflow())?;
         let unit_start = i;
         while i < bytes.len() && bytes[i].is_ascii_alphabetic() {
             i += 1;
         }
-        let unit_ms: u64 = match &text[unit_start..i] {
-            "ms" => 1,
-            "s" => 1_000,
-            "m" => 60_000,
-            "h" => 3_600_000,
-            "d" => 86_400_000,
-            "w" => 604_800_000,
-            _ => return Err(invalid()),
+        let (_, rest) = bytes.split_at(unit_start);
+        let (unit, _) = rest.split_at(i - unit_start);
+        let unit_ms: u64 = match unit {
+            b"ms" => 1,
+            b"s" => 1_000,
+            b"m" => 60_000,
+            b"h" => 3_600_000,
+            b"d" => 86_400_000,
+            b"w" => 604_800_000,
+            _ => return Err(Problem::Invalid),
         };
-        let part = number.checked_mul(unit_ms).ok_or_else(overflow)?;
-        total_ms = total_ms.checked_add(part).ok_or_else(overflow)?;
+        let part = match number.checked_mul(unit_ms) {
+            Some(p) => p,
+            None => return Err(Problem::Overflow),
+        };
+        total_ms = match total_ms.checked_add(part) {
+            Some(t) => t,
+            None => return Err(Problem::Overflow),
+        };
     }
-    Ok(Duration::from_millis(total_ms))
+    Ok(total_ms)
+}
+
+/// Parses `1h30m`-style durations.
+pub fn parse(text: &str) -> Result<Duration, DurationError> {
+    match millis(text) {
+        Ok(ms) => Ok(Duration::from_millis(ms)),
+        Err(Problem::Empty) => Err(DurationError::Empty),
+        Err(Problem::Invalid) => Err(DurationError::Invalid(text.to_string())),
+        Err(Problem::Overflow) => Err(DurationError::Overflow(text.to_string())),
+    }
+}
+
+/// [`parse`] for a duration written in the code (a default): call it in a const context,
+/// `const { parse_const("10s") }`, and a text that is not a duration fails the build instead of
+/// a running process.
+pub const fn parse_const(text: &str) -> Duration {
+    match millis(text) {
+        Ok(ms) => Duration::from_millis(ms),
+        Err(_) => panic!("not a duration: write e.g. 30s, 5m, 1h30m"),
+    }
 }
 
 /// Formats a duration in the largest units that represent it exactly (`90m` → `1h30m`).

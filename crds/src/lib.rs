@@ -2,21 +2,39 @@
 //! configuration the operator hands to dataplane pods ([`config`]) and the pure function that
 //! builds one from the other ([`render`]). Both binaries depend on this crate so that the API,
 //! the CRD and the dataplane config can never disagree.
+//!
+//! The Kubernetes side (the custom resource, the CRD, [`render`]) is the `kube` feature, on by
+//! default. Without it (the dataplane: `default-features = false`) the crate is the dataplane
+//! config, its defaults, parsers and the value types it shares with the CRD, and neither `kube`
+//! nor `k8s-openapi` is compiled.
 #![deny(missing_docs)]
 
 pub mod config;
+pub mod defaults;
 pub mod duration;
 pub mod pointer;
+#[cfg(feature = "kube")]
 pub mod render;
+#[cfg(feature = "kube")]
 mod schema;
+mod shared;
+#[cfg(feature = "kube")]
 pub mod v1alpha1;
 
+/// The value types of the `eventstream.dev/v1alpha1` API that the dataplane config shares with
+/// the custom resource. With the `kube` feature this module also holds the custom resource.
+#[cfg(not(feature = "kube"))]
+pub mod v1alpha1 {
+    pub use crate::shared::*;
+}
+
+#[cfg(feature = "kube")]
 pub use v1alpha1::{EventStream, EventStreamSpec, EventStreamStatus};
 
-use kube::CustomResourceExt;
-
 /// The CRD as YAML, exactly as committed in `crds/eventstream.yaml`.
+#[cfg(feature = "kube")]
 pub fn crd_yaml() -> String {
+    use kube::CustomResourceExt;
     let crd = EventStream::crd();
     // Serialising a derived CRD cannot fail: it is plain data with string keys.
     let body = serde_yaml::to_string(&crd).unwrap_or_else(|e| panic!("CRD serialises: {e}"));

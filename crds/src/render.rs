@@ -9,8 +9,8 @@ use crate::config::{
     AuthConfig, DataplaneConfig, IngestConfig, KafkaConfig, OffsetReset, ServerConfig, SinkConfig,
     StreamId, WebSocketConfig,
 };
-use crate::duration;
-use crate::v1alpha1::{EventStream, SecurityProtocol};
+use crate::v1alpha1::EventStream;
+use crate::{defaults, duration};
 
 /// Where a mounted Kafka CA certificate is found inside dataplane pods.
 pub const KAFKA_CA_FILE: &str = "/etc/eventstream/kafka/ca.crt";
@@ -28,7 +28,7 @@ impl Default for RenderDefaults {
     fn default() -> Self {
         Self {
             kafka_bootstrap: None,
-            listen: SocketAddr::from(([0, 0, 0, 0], 8080)),
+            listen: defaults::LISTEN,
         }
     }
 }
@@ -115,27 +115,13 @@ pub fn dataplane_config(
         .clone()
         .or_else(|| defaults.kafka_bootstrap.clone())
         .ok_or(RenderError::NoBootstrap)?;
-    let tls = matches!(
-        spec.kafka.security_protocol,
-        SecurityProtocol::Ssl | SecurityProtocol::SaslSsl
-    );
-    let sasl = matches!(
-        spec.kafka.security_protocol,
-        SecurityProtocol::SaslPlaintext | SecurityProtocol::SaslSsl
-    );
+    let protocol = spec.kafka.security_protocol;
     let kafka = KafkaConfig {
         bootstrap_servers,
-        security_protocol: spec.kafka.security_protocol,
-        sasl_mechanism: if sasl {
-            Some(
-                spec.kafka
-                    .sasl_mechanism
-                    .unwrap_or(crate::v1alpha1::SaslMechanism::ScramSha512),
-            )
-        } else {
-            None
-        },
-        ca_file: (tls && spec.kafka.secret_ref.is_some()).then(|| KAFKA_CA_FILE.to_string()),
+        security_protocol: protocol,
+        sasl_mechanism: protocol.sasl_mechanism(spec.kafka.sasl_mechanism),
+        ca_file: (protocol.uses_tls() && spec.kafka.secret_ref.is_some())
+            .then(|| KAFKA_CA_FILE.to_string()),
         properties: Default::default(),
     };
 

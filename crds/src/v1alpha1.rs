@@ -13,16 +13,18 @@ use kube::{CustomResource, KubeSchema};
 use schemars::JsonSchema;
 use serde::{Deserialize, Serialize};
 
-/// Pattern of a JSON pointer (RFC 6901) that names a field inside a JSON document, e.g. `/userId`
-/// or `/session/id`. The empty pointer (the whole document) is not a field and is refused.
-pub const JSON_POINTER_PATTERN: &str = r"^(/([^/~]|~[01])*)+$";
-/// Pattern of a duration such as `500ms`, `30s`, `5m`, `12h`, `7d`, `2w` or `1h30m`.
-pub const DURATION_PATTERN: &str = r"^([0-9]+(ms|s|m|h|d|w))+$";
-/// Pattern of a Kafka topic name (Kafka's own rule: 1 to 249 of `[a-zA-Z0-9._-]`).
-pub const TOPIC_NAME_PATTERN: &str = r"^[a-zA-Z0-9._-]{1,249}$";
-/// Pattern of a PostgreSQL table name, optionally schema-qualified: unquoted lower-case
-/// identifiers of at most 63 bytes each, so the name means the same with or without quotes.
-pub const TABLE_NAME_PATTERN: &str = r"^([a-z_][a-z0-9_]{0,62}\.)?[a-z_][a-z0-9_]{0,62}$";
+use crate::defaults;
+pub use crate::shared::{
+    ChannelSpec, Compression, DURATION_PATTERN, EnrichSpec, JSON_POINTER_PATTERN, JwtAlgorithm,
+    PayloadFormat, SaslMechanism, SecurityProtocol, SlowClientPolicy, StartFrom,
+    TABLE_NAME_PATTERN, TOPIC_NAME_PATTERN, Timescale,
+};
+
+/// Longest `metadata.name` of an EventStream: its objects are named `<name>-bridge`,
+/// `<name>-sink` and `<name>-config`, and Services (so the names) are DNS labels of at most 63
+/// characters. The CRD refuses longer names at admission (CEL); the operator checks the
+/// children's names again before it builds them.
+pub const MAX_NAME_LENGTH: usize = 63 - "-bridge".len();
 
 /// An EventStream is one real-time pipeline: a Kafka topic, bridge pods that take HTTP events
 /// into it and fan it out to WebSocket and Server-Sent-Events clients, and optionally sink pods
@@ -43,7 +45,11 @@ pub const TABLE_NAME_PATTERN: &str = r"^([a-z_][a-z0-9_]{0,62}\.)?[a-z_][a-z0-9_
     printcolumn = r#"{"name":"Topic","type":"string","description":"Kafka topic of the stream","jsonPath":".status.topic.name"}"#,
     printcolumn = r#"{"name":"Partitions","type":"integer","description":"Partitions of the topic","jsonPath":".spec.topic.partitions"}"#,
     printcolumn = r#"{"name":"Ready","type":"string","description":"Whether the whole pipeline is ready","jsonPath":".status.conditions[?(@.type==\"Ready\")].status"}"#,
-    printcolumn = r#"{"name":"Age","type":"date","jsonPath":".metadata.creationTimestamp"}"#
+    printcolumn = r#"{"name":"Age","type":"date","jsonPath":".metadata.creationTimestamp"}"#,
+    validation = Rule::new(format!("self.metadata.name.size() <= {MAX_NAME_LENGTH}"))
+        .message(kube::core::Message::Message(format!("metadata.name may have at most {MAX_NAME_LENGTH} characters: the stream's objects are named <name>-bridge, <name>-sink and <name>-config, which Kubernetes limits to 63"))),
+    validation = Rule::new("self.metadata.name.matches('^[a-z]([-a-z0-9]*[a-z0-9])?$')")
+        .message("metadata.name must be a DNS label (lower-case letters, digits and '-', starting with a letter, no '.'): the stream's Services are named after it")
 )]
 #[serde(rename_all = "camelCase")]
 pub struct EventStreamSpec {
@@ -96,38 +102,6 @@ pub struct KafkaSpec {
     pub secret_ref: Option<LocalObjectRef>,
 }
 
-/// Kafka `security.protocol`.
-#[derive(JsonSchema, Serialize, Deserialize, Clone, Copy, Debug, PartialEq, Eq, Default)]
-pub enum SecurityProtocol {
-    /// No encryption, no authentication.
-    #[default]
-    #[serde(rename = "PLAINTEXT")]
-    Plaintext,
-    /// TLS without SASL.
-    #[serde(rename = "SSL")]
-    Ssl,
-    /// SASL without TLS.
-    #[serde(rename = "SASL_PLAINTEXT")]
-    SaslPlaintext,
-    /// SASL over TLS.
-    #[serde(rename = "SASL_SSL")]
-    SaslSsl,
-}
-
-/// Kafka `sasl.mechanism`.
-#[derive(JsonSchema, Serialize, Deserialize, Clone, Copy, Debug, PartialEq, Eq)]
-pub enum SaslMechanism {
-    /// Username and password in clear (use with `SASL_SSL`).
-    #[serde(rename = "PLAIN")]
-    Plain,
-    /// SCRAM with SHA-256.
-    #[serde(rename = "SCRAM-SHA-256")]
-    ScramSha256,
-    /// SCRAM with SHA-512.
-    #[serde(rename = "SCRAM-SHA-512")]
-    ScramSha512,
-}
-
 /// A reference to an object in the EventStream's namespace.
 #[derive(JsonSchema, Serialize, Deserialize, Clone, Debug, PartialEq, Eq)]
 pub struct LocalObjectRef {
@@ -155,10 +129,10 @@ pub struct SecretKeyRef {
 pub struct TopicSpec {
     /// Topic name. Default `<namespace>.<name>` of the EventStream. Immutable.
     #[serde(default, skip_serializing_if = "Option::is_none")]
-    #[schemars(regex(pattern = r"^[a-zA-Z0-9._-]{1,249}$"))]
+    #[schemars(regex(pattern = TOPIC_NAME_PATTERN))]
     pub name: Option<String>,
     /// Number of partitions (ordering holds per partition, i.e. per key). May be raised, never lowered.
-    #[serde(default = "default_partitions")]
+    #[serde(default = "defaults::partitions")]
     #[schemars(range(min = 1, max = 10000))]
     #[x_kube(validation = Rule::new("self >= oldSelf").message("topic.partitions may not decrease: Kafka cannot remove partitions"))]
     pub partitions: i32,
@@ -169,7 +143,7 @@ pub struct TopicSpec {
     /// How long Kafka keeps records (`retention.ms`), e.g. `7d`, `12h`, `90m`. Omitted: the
     /// broker's default. This also bounds how far back clients can resume.
     #[serde(default, skip_serializing_if = "Option::is_none")]
-    #[schemars(regex(pattern = r"^([0-9]+(ms|s|m|h|d|w))+$"))]
+    #[schemars(regex(pattern = DURATION_PATTERN))]
     pub retention: Option<String>,
     /// Topic `compression.type`.
     #[serde(default)]
@@ -183,7 +157,7 @@ pub struct TopicSpec {
     pub deletion_policy: DeletionPolicy,
     /// `true`: the operator creates the topic and keeps its partitions and configs as specified.
     /// `false`: the topic is managed elsewhere; the operator only checks that it exists.
-    #[serde(default = "default_true")]
+    #[serde(default = "defaults::enabled")]
     pub managed: bool,
 }
 
@@ -191,46 +165,13 @@ impl Default for TopicSpec {
     fn default() -> Self {
         Self {
             name: None,
-            partitions: default_partitions(),
+            partitions: defaults::PARTITIONS,
             replication_factor: None,
             retention: None,
             compression: Compression::default(),
             config: BTreeMap::new(),
             deletion_policy: DeletionPolicy::default(),
             managed: true,
-        }
-    }
-}
-
-/// Kafka topic `compression.type`.
-#[derive(JsonSchema, Serialize, Deserialize, Clone, Copy, Debug, PartialEq, Eq, Default)]
-#[serde(rename_all = "lowercase")]
-pub enum Compression {
-    /// Keep whatever the producer used.
-    #[default]
-    Producer,
-    /// Store uncompressed.
-    Uncompressed,
-    /// gzip.
-    Gzip,
-    /// Snappy.
-    Snappy,
-    /// LZ4.
-    Lz4,
-    /// Zstandard.
-    Zstd,
-}
-
-impl Compression {
-    /// The value of Kafka's `compression.type` topic config.
-    pub fn as_kafka(self) -> &'static str {
-        match self {
-            Compression::Producer => "producer",
-            Compression::Uncompressed => "uncompressed",
-            Compression::Gzip => "gzip",
-            Compression::Snappy => "snappy",
-            Compression::Lz4 => "lz4",
-            Compression::Zstd => "zstd",
         }
     }
 }
@@ -251,12 +192,12 @@ pub enum DeletionPolicy {
 #[x_kube(validation = Rule::new("self.maxBatchBytes >= self.maxBodyBytes").message("ingest.maxBatchBytes must be at least ingest.maxBodyBytes"))]
 pub struct IngestSpec {
     /// Serve `POST /produce` and `POST /produce/batch`.
-    #[serde(default = "default_true")]
+    #[serde(default = "defaults::enabled")]
     pub enabled: bool,
     /// JSON pointer to the field used as the Kafka key (e.g. `/userId`): events with the same key
     /// keep their order. Omitted: no key, the producer spreads events over partitions.
     #[serde(default, skip_serializing_if = "Option::is_none")]
-    #[schemars(regex(pattern = r"^(/([^/~]|~[01])*)+$"))]
+    #[schemars(regex(pattern = JSON_POINTER_PATTERN))]
     pub key_field: Option<String>,
     /// Fields every event must have: a top-level field name (`eventType`) or a JSON pointer
     /// (`/device/id`).
@@ -268,24 +209,24 @@ pub struct IngestSpec {
     #[schemars(schema_with = "crate::schema::preserve_unknown_object")]
     pub schema: Option<serde_json::Value>,
     /// Largest accepted body of `POST /produce`, in bytes.
-    #[serde(default = "default_max_body_bytes")]
+    #[serde(default = "defaults::max_body_bytes")]
     #[schemars(range(min = 64, max = 67108864))]
     pub max_body_bytes: u32,
     /// Largest accepted body of `POST /produce/batch`, in bytes.
-    #[serde(default = "default_max_batch_bytes")]
+    #[serde(default = "defaults::max_batch_bytes")]
     #[schemars(range(min = 64, max = 268435456))]
     pub max_batch_bytes: u32,
     /// Most events accepted in one `POST /produce/batch`.
-    #[serde(default = "default_max_batch_items")]
+    #[serde(default = "defaults::max_batch_items")]
     #[schemars(range(min = 1, max = 100000))]
     pub max_batch_items: u32,
     /// Producer `linger.ms`: how long the producer waits to fill a batch.
-    #[serde(default = "default_linger")]
-    #[schemars(regex(pattern = r"^([0-9]+(ms|s|m|h|d|w))+$"))]
+    #[serde(default = "defaults::text::linger")]
+    #[schemars(regex(pattern = DURATION_PATTERN))]
     pub linger: String,
     /// Longest an ingest request waits for the broker's acknowledgement before answering 503.
-    #[serde(default = "default_produce_timeout")]
-    #[schemars(regex(pattern = r"^([0-9]+(ms|s|m|h|d|w))+$"))]
+    #[serde(default = "defaults::text::produce_timeout")]
+    #[schemars(regex(pattern = DURATION_PATTERN))]
     pub produce_timeout: String,
     /// Optional enrichment of the payload. `receivedAt` and `ingestId` are always added as Kafka
     /// headers; these settings also write them, and fixed fields, into the JSON payload.
@@ -304,32 +245,15 @@ impl Default for IngestSpec {
             key_field: None,
             required_fields: Vec::new(),
             schema: None,
-            max_body_bytes: default_max_body_bytes(),
-            max_batch_bytes: default_max_batch_bytes(),
-            max_batch_items: default_max_batch_items(),
-            linger: default_linger(),
-            produce_timeout: default_produce_timeout(),
+            max_body_bytes: defaults::MAX_BODY_BYTES,
+            max_batch_bytes: defaults::MAX_BATCH_BYTES,
+            max_batch_items: defaults::MAX_BATCH_ITEMS,
+            linger: defaults::LINGER.into(),
+            produce_timeout: defaults::PRODUCE_TIMEOUT.into(),
             enrich: None,
             cors_origins: Vec::new(),
         }
     }
-}
-
-/// Enrichment written into the JSON payload of ingested events (objects only).
-#[derive(JsonSchema, Serialize, Deserialize, Clone, Debug, PartialEq, Default)]
-#[serde(rename_all = "camelCase")]
-pub struct EnrichSpec {
-    /// Top-level field that receives the RFC 3339 time the bridge received the event.
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    #[schemars(length(min = 1, max = 256))]
-    pub received_at_field: Option<String>,
-    /// Top-level field that receives the event's ingest id (a UUID v7).
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    #[schemars(length(min = 1, max = 256))]
-    pub ingest_id_field: Option<String>,
-    /// Fixed top-level fields added to every event (an existing field is not overwritten).
-    #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
-    pub fields: BTreeMap<String, String>,
 }
 
 /// Fan-out of the stream to WebSocket and Server-Sent-Events clients.
@@ -337,7 +261,7 @@ pub struct EnrichSpec {
 #[serde(rename_all = "camelCase")]
 pub struct WebSocketSpec {
     /// Serve `/ws` and `/sse`.
-    #[serde(default = "default_true")]
+    #[serde(default = "defaults::enabled")]
     pub enabled: bool,
     /// How a record's channel is derived; clients subscribe to channels (`*` is every record).
     #[serde(default)]
@@ -355,24 +279,24 @@ pub struct WebSocketSpec {
     #[serde(default)]
     pub slow_client: SlowClientSpec,
     /// Most concurrent WebSocket and SSE connections per bridge pod; past it, 503 before upgrade.
-    #[serde(default = "default_max_connections")]
+    #[serde(default = "defaults::max_connections")]
     #[schemars(range(min = 1, max = 1000000))]
     pub max_connections: u32,
     /// Most channels one connection may subscribe to.
-    #[serde(default = "default_max_subscriptions")]
+    #[serde(default = "defaults::max_subscriptions_per_connection")]
     #[schemars(range(min = 1, max = 10000))]
     pub max_subscriptions_per_connection: u32,
     /// Largest client frame accepted, in bytes; larger frames close the connection (1009).
-    #[serde(default = "default_max_frame_bytes")]
+    #[serde(default = "defaults::max_frame_bytes")]
     #[schemars(range(min = 256, max = 1048576))]
     pub max_frame_bytes: u32,
     /// Interval of server pings.
-    #[serde(default = "default_ping_interval")]
-    #[schemars(regex(pattern = r"^([0-9]+(ms|s|m|h|d|w))+$"))]
+    #[serde(default = "defaults::text::ping_interval")]
+    #[schemars(regex(pattern = DURATION_PATTERN))]
     pub ping_interval: String,
     /// A connection that sends nothing (not even a pong) for this long is closed.
-    #[serde(default = "default_idle_timeout")]
-    #[schemars(regex(pattern = r"^([0-9]+(ms|s|m|h|d|w))+$"))]
+    #[serde(default = "defaults::text::idle_timeout")]
+    #[schemars(regex(pattern = DURATION_PATTERN))]
     pub idle_timeout: String,
 }
 
@@ -385,40 +309,13 @@ impl Default for WebSocketSpec {
             replay: ReplaySpec::default(),
             snapshot: false,
             slow_client: SlowClientSpec::default(),
-            max_connections: default_max_connections(),
-            max_subscriptions_per_connection: default_max_subscriptions(),
-            max_frame_bytes: default_max_frame_bytes(),
-            ping_interval: default_ping_interval(),
-            idle_timeout: default_idle_timeout(),
+            max_connections: defaults::MAX_CONNECTIONS,
+            max_subscriptions_per_connection: defaults::MAX_SUBSCRIPTIONS_PER_CONNECTION,
+            max_frame_bytes: defaults::MAX_FRAME_BYTES,
+            ping_interval: defaults::PING_INTERVAL.into(),
+            idle_timeout: defaults::IDLE_TIMEOUT.into(),
         }
     }
-}
-
-/// How a record's channel is derived. Set at most one of `field` and `header`; with neither,
-/// the channel is the record's Kafka key. Records with no channel value reach only `*` subscribers.
-#[derive(KubeSchema, Serialize, Deserialize, Clone, Debug, PartialEq, Eq, Default)]
-#[serde(rename_all = "camelCase")]
-#[x_kube(validation = Rule::new("!(has(self.field) && has(self.header))").message("websocket.channel: set field or header, not both (neither means the Kafka key)"))]
-pub struct ChannelSpec {
-    /// JSON pointer into the payload whose value names the channel, e.g. `/sessionId`.
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    #[schemars(regex(pattern = r"^(/([^/~]|~[01])*)+$"))]
-    pub field: Option<String>,
-    /// Kafka header whose value names the channel.
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    #[schemars(length(min = 1, max = 256))]
-    pub header: Option<String>,
-}
-
-/// Where a bridge starts reading when it starts.
-#[derive(JsonSchema, Serialize, Deserialize, Clone, Copy, Debug, PartialEq, Eq, Default)]
-#[serde(rename_all = "lowercase")]
-pub enum StartFrom {
-    /// The live end of every partition.
-    #[default]
-    Latest,
-    /// The oldest retained record of every partition.
-    Earliest,
 }
 
 /// Replay from Kafka for clients that resume.
@@ -427,7 +324,7 @@ pub enum StartFrom {
 pub struct ReplaySpec {
     /// Most records replayed for one resume; past it the client gets a `gap` and continues live.
     /// `0` disables replay.
-    #[serde(default = "default_replay_max")]
+    #[serde(default = "defaults::replay_max_messages")]
     #[schemars(range(min = 0, max = 10000000))]
     pub max_messages: u32,
 }
@@ -435,7 +332,7 @@ pub struct ReplaySpec {
 impl Default for ReplaySpec {
     fn default() -> Self {
         Self {
-            max_messages: default_replay_max(),
+            max_messages: defaults::REPLAY_MAX_MESSAGES,
         }
     }
 }
@@ -445,7 +342,7 @@ impl Default for ReplaySpec {
 #[serde(rename_all = "camelCase")]
 pub struct SlowClientSpec {
     /// Messages queued per client before the policy applies.
-    #[serde(default = "default_queue_messages")]
+    #[serde(default = "defaults::queue_messages")]
     #[schemars(range(min = 1, max = 1000000))]
     pub queue_messages: u32,
     /// `dropOldest`: drop the oldest queued messages and send a `gap` naming them (the client
@@ -457,21 +354,10 @@ pub struct SlowClientSpec {
 impl Default for SlowClientSpec {
     fn default() -> Self {
         Self {
-            queue_messages: default_queue_messages(),
+            queue_messages: defaults::QUEUE_MESSAGES,
             policy: SlowClientPolicy::default(),
         }
     }
-}
-
-/// Policy for a client whose queue is full.
-#[derive(JsonSchema, Serialize, Deserialize, Clone, Copy, Debug, PartialEq, Eq, Default)]
-#[serde(rename_all = "camelCase")]
-pub enum SlowClientPolicy {
-    /// Drop the oldest queued messages and tell the client the range it missed.
-    #[default]
-    DropOldest,
-    /// Close the connection with code 4008 and the resume positions.
-    Disconnect,
 }
 
 /// JWT authentication, shared by WebSocket/SSE subscribers and ingest.
@@ -489,26 +375,17 @@ pub struct AuthSpec {
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub audience: Option<String>,
     /// Claim listing the channels a subscriber may read, as glob patterns (`user-*`, `*`).
-    #[serde(default = "default_channels_claim")]
+    #[serde(default = "defaults::channels_claim")]
     pub channels_claim: String,
     /// Claim that must be `true` for a token to publish through ingest.
-    #[serde(default = "default_publish_claim")]
+    #[serde(default = "defaults::publish_claim")]
     pub publish_claim: String,
     /// Require a token on `/ws` and `/sse`.
-    #[serde(default = "default_true")]
+    #[serde(default = "defaults::enabled")]
     pub websocket: bool,
     /// Require a token on `/produce` and `/produce/batch`.
-    #[serde(default = "default_true")]
+    #[serde(default = "defaults::enabled")]
     pub ingest: bool,
-}
-
-/// JWT signature algorithm.
-#[derive(JsonSchema, Serialize, Deserialize, Clone, Copy, Debug, PartialEq, Eq)]
-pub enum JwtAlgorithm {
-    /// HMAC with SHA-256 and a shared secret.
-    HS256,
-    /// RSA PKCS#1 v1.5 with SHA-256; the Secret holds the public key.
-    RS256,
 }
 
 /// Exactly-once persistence into PostgreSQL.
@@ -517,8 +394,8 @@ pub enum JwtAlgorithm {
 pub struct PersistenceSpec {
     /// The database and table.
     pub postgres: PostgresSpec,
-    /// Turn the table into a TimescaleDB hypertable: `auto` when the extension exists, `on`
-    /// requires it (the sink refuses to start without it), `off` never.
+    /// Turn the table into a TimescaleDB hypertable: `Auto` when the extension exists, `Enabled`
+    /// requires it (the sink refuses to start without it), `Disabled` never.
     #[serde(default)]
     pub timescale: Timescale,
     /// How records are grouped into transactions.
@@ -531,7 +408,7 @@ pub struct PersistenceSpec {
     /// Topic that receives records the table cannot take, with the reason in headers.
     /// Default `<topic>.dlq`.
     #[serde(default, skip_serializing_if = "Option::is_none")]
-    #[schemars(regex(pattern = r"^[a-zA-Z0-9._-]{1,249}$"))]
+    #[schemars(regex(pattern = TOPIC_NAME_PATTERN))]
     pub dead_letter_topic: Option<String>,
     /// Consumer group of the sink. Default `eventstream.<namespace>.<name>.sink`.
     #[serde(default, skip_serializing_if = "Option::is_none")]
@@ -547,7 +424,7 @@ pub struct PostgresSpec {
     /// passed to the sink as an environment variable, never copied into a ConfigMap or status.
     pub url_secret_ref: SecretKeyRef,
     /// Table to write, optionally schema-qualified (`analytics.events`). Created when absent.
-    #[schemars(regex(pattern = r"^([a-z_][a-z0-9_]{0,62}\.)?[a-z_][a-z0-9_]{0,62}$"))]
+    #[schemars(regex(pattern = TABLE_NAME_PATTERN))]
     pub table: String,
     /// Certificates for TLS to PostgreSQL, mounted into the sink. The TLS mode is the URL's
     /// `sslmode` (`verify-full` to check the server; docs/persistence.md).
@@ -569,51 +446,27 @@ pub struct PostgresTls {
     pub client_cert_secret_ref: Option<LocalObjectRef>,
 }
 
-/// TimescaleDB mode.
-#[derive(JsonSchema, Serialize, Deserialize, Clone, Copy, Debug, PartialEq, Eq, Default)]
-#[serde(rename_all = "lowercase")]
-pub enum Timescale {
-    /// A hypertable when the extension is available, a plain table otherwise.
-    #[default]
-    Auto,
-    /// Always a hypertable; the sink fails to start when the extension is missing.
-    On,
-    /// Always a plain table.
-    Off,
-}
-
 /// Batching of sink transactions.
 #[derive(JsonSchema, Serialize, Deserialize, Clone, Debug, PartialEq, Eq)]
 #[serde(rename_all = "camelCase")]
 pub struct BatchSpec {
     /// Most rows per transaction.
-    #[serde(default = "default_batch_rows")]
+    #[serde(default = "defaults::batch_max_rows")]
     #[schemars(range(min = 1, max = 100000))]
     pub max_rows: u32,
     /// Longest a record waits before its batch is written.
-    #[serde(default = "default_batch_delay")]
-    #[schemars(regex(pattern = r"^([0-9]+(ms|s|m|h|d|w))+$"))]
+    #[serde(default = "defaults::text::batch_max_delay")]
+    #[schemars(regex(pattern = DURATION_PATTERN))]
     pub max_delay: String,
 }
 
 impl Default for BatchSpec {
     fn default() -> Self {
         Self {
-            max_rows: default_batch_rows(),
-            max_delay: default_batch_delay(),
+            max_rows: defaults::BATCH_MAX_ROWS,
+            max_delay: defaults::BATCH_MAX_DELAY.into(),
         }
     }
-}
-
-/// How the sink stores payloads.
-#[derive(JsonSchema, Serialize, Deserialize, Clone, Copy, Debug, PartialEq, Eq, Default)]
-#[serde(rename_all = "lowercase")]
-pub enum PayloadFormat {
-    /// `jsonb`; records that are not JSON go to the dead-letter topic.
-    #[default]
-    Json,
-    /// `bytea`; every record is stored as it is.
-    Binary,
 }
 
 /// A dataplane Deployment (bridge or sink).
@@ -621,7 +474,7 @@ pub enum PayloadFormat {
 #[serde(rename_all = "camelCase")]
 pub struct WorkloadSpec {
     /// Pod replicas. Every bridge replica delivers every record; sink replicas share partitions.
-    #[serde(default = "default_replicas")]
+    #[serde(default = "defaults::replicas")]
     #[schemars(range(min = 0, max = 1000))]
     pub replicas: i32,
     /// CPU and memory requests and limits of the container.
@@ -636,7 +489,7 @@ pub struct WorkloadSpec {
 impl Default for WorkloadSpec {
     fn default() -> Self {
         Self {
-            replicas: default_replicas(),
+            replicas: defaults::REPLICAS,
             resources: None,
             image: None,
         }
@@ -740,64 +593,6 @@ pub struct SinkOffsetReset {
     /// Where each partition resumes (partition number → offset), resolved when the reset ran.
     #[serde(default)]
     pub offsets: BTreeMap<String, i64>,
-}
-
-fn default_true() -> bool {
-    true
-}
-fn default_partitions() -> i32 {
-    3
-}
-fn default_max_body_bytes() -> u32 {
-    1024 * 1024
-}
-fn default_max_batch_bytes() -> u32 {
-    8 * 1024 * 1024
-}
-fn default_max_batch_items() -> u32 {
-    1000
-}
-fn default_linger() -> String {
-    "1ms".into()
-}
-fn default_produce_timeout() -> String {
-    "10s".into()
-}
-fn default_max_connections() -> u32 {
-    20000
-}
-fn default_max_subscriptions() -> u32 {
-    100
-}
-fn default_max_frame_bytes() -> u32 {
-    64 * 1024
-}
-fn default_ping_interval() -> String {
-    "20s".into()
-}
-fn default_idle_timeout() -> String {
-    "60s".into()
-}
-fn default_replay_max() -> u32 {
-    10000
-}
-fn default_queue_messages() -> u32 {
-    1024
-}
-fn default_channels_claim() -> String {
-    "channels".into()
-}
-fn default_publish_claim() -> String {
-    "publish".into()
-}
-fn default_batch_rows() -> u32 {
-    5000
-}
-fn default_batch_delay() -> String {
-    "1s".into()
-}
-fn default_replicas() -> i32 {
-    1
 }
 
 impl EventStream {

@@ -282,3 +282,54 @@ fn updates_may_not_shrink_partitions_or_rename_the_topic() {
     let errors = api_server_errors(&rename, Some(&old));
     assert!(errors.iter().any(|e| e.contains("immutable")), "{errors:?}");
 }
+
+fn named(name: &str) -> Value {
+    let mut object = stream(json!({}));
+    object["metadata"]["name"] = json!(name);
+    object
+}
+
+#[test]
+fn names_the_operator_cannot_build_are_refused_at_admission() {
+    use eventstream_crds::v1alpha1::MAX_NAME_LENGTH;
+    // The longest name whose children (`<name>-bridge`, `-sink`, `-config`) are DNS labels.
+    let longest = "a".repeat(MAX_NAME_LENGTH);
+    assert_eq!(
+        api_server_errors(&named(&longest), None),
+        Vec::<String>::new()
+    );
+    assert_eq!(format!("{longest}-bridge").len(), 63);
+
+    let errors = api_server_errors(&named(&format!("{longest}a")), None);
+    assert!(
+        errors.iter().any(|e| e.contains("at most 56 characters")),
+        "{errors:?}"
+    );
+    for bad in ["with.dots", "9lives", "trailing-"] {
+        let errors = api_server_errors(&named(bad), None);
+        assert!(
+            errors.iter().any(|e| e.contains("must be a DNS label")),
+            "{bad}: {errors:?}"
+        );
+    }
+}
+
+#[test]
+fn timescale_takes_words_yaml_1_1_keeps_as_strings() {
+    let persistence = |mode: Value| json!({"persistence": {"postgres": {"urlSecretRef": {"name": "db", "key": "url"}, "table": "t"}, "timescale": mode}});
+    for mode in ["Auto", "Enabled", "Disabled"] {
+        assert_eq!(
+            api_server_errors(&stream(persistence(json!(mode))), None),
+            Vec::<String>::new(),
+            "{mode}"
+        );
+    }
+    // What kubectl makes of an unquoted `timescale: off` is refused with the field's path.
+    let errors = api_server_errors(&stream(persistence(json!(false))), None);
+    assert!(
+        errors
+            .iter()
+            .any(|e| e.starts_with("/spec/persistence/timescale")),
+        "{errors:?}"
+    );
+}

@@ -2,7 +2,6 @@
 //! the environment so that they never sit in a config file.
 
 use eventstream_crds::config::{ENV_KAFKA_PASSWORD, ENV_KAFKA_USERNAME, KafkaConfig};
-use eventstream_crds::v1alpha1::{SaslMechanism, SecurityProtocol};
 use rdkafka::ClientConfig;
 
 /// Why Kafka client settings cannot be built.
@@ -25,23 +24,13 @@ pub fn client_config_with(
 ) -> Result<ClientConfig, KafkaSettingsError> {
     let mut config = ClientConfig::new();
     config.set("bootstrap.servers", &kafka.bootstrap_servers);
-    let protocol = match kafka.security_protocol {
-        SecurityProtocol::Plaintext => "plaintext",
-        SecurityProtocol::Ssl => "ssl",
-        SecurityProtocol::SaslPlaintext => "sasl_plaintext",
-        SecurityProtocol::SaslSsl => "sasl_ssl",
-    };
-    config.set("security.protocol", protocol);
-    if matches!(
-        kafka.security_protocol,
-        SecurityProtocol::SaslPlaintext | SecurityProtocol::SaslSsl
-    ) {
-        let mechanism = match kafka.sasl_mechanism.unwrap_or(SaslMechanism::ScramSha512) {
-            SaslMechanism::Plain => "PLAIN",
-            SaslMechanism::ScramSha256 => "SCRAM-SHA-256",
-            SaslMechanism::ScramSha512 => "SCRAM-SHA-512",
-        };
-        config.set("sasl.mechanism", mechanism);
+    for (key, value) in kafka
+        .security_protocol
+        .librdkafka_properties(kafka.sasl_mechanism)
+    {
+        config.set(key, value);
+    }
+    if kafka.security_protocol.uses_sasl() {
         let username = env(ENV_KAFKA_USERNAME)
             .ok_or(KafkaSettingsError::MissingCredential(ENV_KAFKA_USERNAME))?;
         let password = env(ENV_KAFKA_PASSWORD)
@@ -61,6 +50,7 @@ pub fn client_config_with(
 #[cfg(test)]
 mod tests {
     use super::*;
+    use eventstream_crds::v1alpha1::SecurityProtocol;
 
     fn kafka(protocol: SecurityProtocol) -> KafkaConfig {
         KafkaConfig {

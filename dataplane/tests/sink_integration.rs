@@ -35,7 +35,7 @@ async fn hundred_thousand_records_become_exactly_hundred_thousand_rows() -> Test
         .await?;
     assert_eq!(written, Some(100_000.0));
 
-    // `timescale: auto` without the extension: a plain table with the primary key.
+    // `timescale: Auto` without the extension: a plain table with the primary key.
     let out = pg.psql(
         "postgres",
         "SELECT c.relkind, (SELECT count(*) FROM pg_constraint WHERE conrelid = c.oid AND contype = 'p')
@@ -635,7 +635,7 @@ mod bad_input {
     #[tokio::test]
     async fn timescale_on_without_the_extension_is_a_startup_error() -> TestResult {
         let (kafka, _pg, url) = setup(1)?;
-        let mut sink = Sink::start(&config(&kafka.bootstrap(), ", timescale: on"), &url)?;
+        let mut sink = Sink::start(&config(&kafka.bootstrap(), ", timescale: Enabled"), &url)?;
         let status = sink.exit_status(Duration::from_secs(20)).await?;
         assert!(!status.success());
         assert!(

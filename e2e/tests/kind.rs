@@ -388,7 +388,7 @@ async fn stream_becomes_ready_and_carries_events_to_clients_and_postgres() -> Re
             "topic": {"partitions": 3},
             "persistence": {
                 "postgres": {"urlSecretRef": {"name": "e2e-db", "key": "url"}, "table": &table},
-                "timescale": "off",
+                "timescale": "Disabled",
                 "batch": {"maxRows": 100, "maxDelay": "500ms"}
             }
         }),
@@ -453,7 +453,7 @@ async fn sink_offset_reset_to_earliest_stores_the_topic_again() -> Result<()> {
         json!({
             "persistence": {
                 "postgres": {"urlSecretRef": {"name": "e2e-db", "key": "url"}, "table": &table},
-                "timescale": "off",
+                "timescale": "Disabled",
                 "batch": {"maxRows": 100, "maxDelay": "500ms"}
             }
         }),

@@ -207,7 +207,7 @@ async fn telemetry_stream_end_to_end_with_crashes_and_restarts() -> Result<()> {
     let pg = TestPostgres::start()?;
 
     // The example as the operator would see it, with what this machine supplies instead of a
-    // cluster: the broker, a table name, and no TimescaleDB (`timescale: on` would make the sink
+    // cluster: the broker, a table name, and no TimescaleDB (`timescale: Enabled` would make the sink
     // refuse to start, as documented, since the extension is not installed here).
     let mut es = stream::load_example("sim-racing-telemetry.yaml")?;
     es.spec.kafka.bootstrap_servers = Some(broker.bootstrap());
@@ -217,7 +217,7 @@ async fn telemetry_stream_end_to_end_with_crashes_and_restarts() -> Result<()> {
         .as_mut()
         .context("the example persists")?;
     persistence.postgres.table = TABLE.into();
-    persistence.timescale = Timescale::Off;
+    persistence.timescale = Timescale::Disabled;
     ensure!(es.spec.bridge.replicas == 2, "the example runs two bridges");
 
     // Topics through the operator's admin code; a second pass changes nothing.
@@ -721,7 +721,7 @@ async fn randomized_fault_soak() -> Result<()> {
         .as_mut()
         .context("the example persists")?;
     persistence.postgres.table = SOAK_TABLE.into();
-    persistence.timescale = Timescale::Off;
+    persistence.timescale = Timescale::Disabled;
     let (topic, _) = stream::ensure_topics(&es, &broker.bootstrap()).await?;
     let dir = tempfile::Builder::new()
         .prefix("eventstream-soak-")

@@ -10,7 +10,7 @@ use eventstream_crds::config::{
     ENV_JWT_KEY, ENV_KAFKA_PASSWORD, ENV_KAFKA_USERNAME, ENV_POSTGRES_URL,
 };
 use eventstream_crds::render::{self, KAFKA_CA_FILE, RenderError};
-use eventstream_crds::v1alpha1::{SecurityProtocol, WorkloadSpec};
+use eventstream_crds::v1alpha1::WorkloadSpec;
 use k8s_openapi::api::apps::v1::{Deployment, DeploymentSpec};
 use k8s_openapi::api::core::v1::{
     Affinity, Capabilities, ConfigMap, ConfigMapVolumeSource, Container, ContainerPort,
@@ -412,20 +412,6 @@ fn secret_env(name: &str, secret: &str, key: &str) -> EnvVar {
     }
 }
 
-fn uses_sasl(es: &EventStream) -> bool {
-    matches!(
-        es.spec.kafka.security_protocol,
-        SecurityProtocol::SaslPlaintext | SecurityProtocol::SaslSsl
-    )
-}
-
-fn uses_tls(es: &EventStream) -> bool {
-    matches!(
-        es.spec.kafka.security_protocol,
-        SecurityProtocol::Ssl | SecurityProtocol::SaslSsl
-    )
-}
-
 /// How a referenced Secret reaches the pods.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum Delivery {
@@ -485,7 +471,10 @@ const BOTH: &[Component] = &[Component::Bridge, Component::Sink];
 pub fn secret_uses(es: &EventStream) -> Vec<SecretUse> {
     const KAFKA: &str = "spec.kafka.secretRef";
     let mut uses = Vec::new();
-    if let (true, Some(secret)) = (uses_sasl(es), &es.spec.kafka.secret_ref) {
+    if let (true, Some(secret)) = (
+        es.spec.kafka.security_protocol.uses_sasl(),
+        &es.spec.kafka.secret_ref,
+    ) {
         for (var, key) in [
             (ENV_KAFKA_USERNAME, "username"),
             (ENV_KAFKA_PASSWORD, "password"),
@@ -527,7 +516,10 @@ pub fn secret_uses(es: &EventStream) -> Vec<SecretUse> {
             },
         });
     }
-    if let (true, Some(secret)) = (uses_tls(es), &es.spec.kafka.secret_ref) {
+    if let (true, Some(secret)) = (
+        es.spec.kafka.security_protocol.uses_tls(),
+        &es.spec.kafka.secret_ref,
+    ) {
         let (dir, file) = KAFKA_CA_FILE
             .rsplit_once('/')
             .unwrap_or(("/", KAFKA_CA_FILE));

@@ -3,7 +3,6 @@
 //! their values never leave the Secret except as pod environment variables.
 
 use eventstream_crds::EventStream;
-use eventstream_crds::v1alpha1::{SaslMechanism, SecurityProtocol};
 use k8s_openapi::api::core::v1::Secret;
 use kube::api::Api;
 use kube::{Client, ResourceExt};
@@ -93,19 +92,11 @@ pub fn connection(
     secret: Option<&Secret>,
 ) -> Result<KafkaConnection, SecretError> {
     let k = &es.spec.kafka;
-    let sasl = matches!(
-        k.security_protocol,
-        SecurityProtocol::SaslPlaintext | SecurityProtocol::SaslSsl
-    );
-    let tls = matches!(
-        k.security_protocol,
-        SecurityProtocol::Ssl | SecurityProtocol::SaslSsl
-    );
+    let sasl = k.security_protocol.uses_sasl();
+    let tls = k.security_protocol.uses_tls();
     let mut conn = KafkaConnection::plaintext(bootstrap);
     conn.security_protocol = k.security_protocol;
-    if sasl {
-        conn.sasl_mechanism = Some(k.sasl_mechanism.unwrap_or(SaslMechanism::ScramSha512));
-    }
+    conn.sasl_mechanism = k.security_protocol.sasl_mechanism(k.sasl_mechanism);
     if let Some(secret) = secret {
         const FIELD: &str = "spec.kafka.secretRef";
         if sasl {
@@ -153,6 +144,7 @@ pub async fn check_key(
 #[allow(clippy::unwrap_used)]
 mod tests {
     use super::*;
+    use eventstream_crds::v1alpha1::SaslMechanism;
     use k8s_openapi::ByteString;
     use std::collections::BTreeMap;
 

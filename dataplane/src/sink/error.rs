@@ -102,9 +102,9 @@ pub enum SinkError {
         /// Every mismatch found.
         problems: Vec<String>,
     },
-    /// `timescale: on` but the extension is neither installed nor available.
+    /// `timescale: Enabled` but the extension is neither installed nor available.
     #[error(
-        "sink.timescale is `on` but the TimescaleDB extension is not available in this database (install TimescaleDB, or set timescale: auto or off)"
+        "sink.timescale is `Enabled` but the TimescaleDB extension is not available in this database (install TimescaleDB, or set timescale: Auto or Disabled)"
     )]
     TimescaleMissing,
     /// The events table belongs to another stream (or holds rows this stream did not write): its

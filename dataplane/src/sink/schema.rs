@@ -125,18 +125,18 @@ pub fn plan_storage(
     available: bool,
 ) -> Result<Storage, SinkError> {
     match mode {
-        Timescale::Off => Ok(Storage::Plain),
+        Timescale::Disabled => Ok(Storage::Plain),
         Timescale::Auto if installed => Ok(Storage::Hypertable {
             create_extension: false,
         }),
         Timescale::Auto => Ok(Storage::Plain),
-        Timescale::On if installed => Ok(Storage::Hypertable {
+        Timescale::Enabled if installed => Ok(Storage::Hypertable {
             create_extension: false,
         }),
-        Timescale::On if available => Ok(Storage::Hypertable {
+        Timescale::Enabled if available => Ok(Storage::Hypertable {
             create_extension: true,
         }),
-        Timescale::On => Err(SinkError::TimescaleMissing),
+        Timescale::Enabled => Err(SinkError::TimescaleMissing),
     }
 }
 
@@ -605,7 +605,7 @@ mod tests {
     #[test]
     fn timescale_modes() {
         assert_eq!(
-            plan_storage(Timescale::Off, true, true).ok(),
+            plan_storage(Timescale::Disabled, true, true).ok(),
             Some(Storage::Plain)
         );
         assert_eq!(
@@ -619,12 +619,12 @@ mod tests {
             })
         );
         assert_eq!(
-            plan_storage(Timescale::On, false, true).ok(),
+            plan_storage(Timescale::Enabled, false, true).ok(),
             Some(Storage::Hypertable {
                 create_extension: true
             })
         );
-        let err = plan_storage(Timescale::On, false, false).expect_err("missing");
+        let err = plan_storage(Timescale::Enabled, false, false).expect_err("missing");
         assert!(err.to_string().contains("TimescaleDB"), "{err}");
     }
 

@@ -53,24 +53,11 @@ impl KafkaConnection {
     pub fn client_config(&self) -> ClientConfig {
         let mut c = ClientConfig::new();
         c.set("bootstrap.servers", &self.bootstrap);
-        c.set(
-            "security.protocol",
-            match self.security_protocol {
-                SecurityProtocol::Plaintext => "plaintext",
-                SecurityProtocol::Ssl => "ssl",
-                SecurityProtocol::SaslPlaintext => "sasl_plaintext",
-                SecurityProtocol::SaslSsl => "sasl_ssl",
-            },
-        );
-        if let Some(m) = self.sasl_mechanism {
-            c.set(
-                "sasl.mechanism",
-                match m {
-                    SaslMechanism::Plain => "PLAIN",
-                    SaslMechanism::ScramSha256 => "SCRAM-SHA-256",
-                    SaslMechanism::ScramSha512 => "SCRAM-SHA-512",
-                },
-            );
+        for (key, value) in self
+            .security_protocol
+            .librdkafka_properties(self.sasl_mechanism)
+        {
+            c.set(key, value);
         }
         if let Some(u) = &self.username {
             c.set("sasl.username", u);
