@@ -193,6 +193,9 @@ pub struct WebSocketConfig {
     /// Keep and send the last record per channel.
     #[serde(default)]
     pub snapshot: bool,
+    /// Most channels whose last record `snapshot` keeps; the least recently used leaves first.
+    #[serde(default = "default_snapshot_max_channels")]
+    pub snapshot_max_channels: u32,
     /// Per-client queue length.
     #[serde(default = "default_queue_messages")]
     pub queue_messages: u32,
@@ -224,6 +227,7 @@ impl Default for WebSocketConfig {
             start_from: StartFrom::default(),
             replay_max_messages: default_replay_max(),
             snapshot: false,
+            snapshot_max_channels: default_snapshot_max_channels(),
             queue_messages: default_queue_messages(),
             slow_client_policy: SlowClientPolicy::default(),
             max_connections: default_max_connections(),
@@ -498,6 +502,9 @@ impl DataplaneConfig {
         if ws.channel.header.as_deref() == Some("") {
             bad("websocket.channel.header", "must not be empty".into());
         }
+        if ws.snapshot_max_channels == 0 {
+            bad("websocket.snapshotMaxChannels", "must be at least 1".into());
+        }
         if ws.queue_messages == 0 {
             bad("websocket.queueMessages", "must be at least 1".into());
         }
@@ -661,6 +668,9 @@ fn default_produce_timeout() -> Duration {
 fn default_replay_max() -> u32 {
     10_000
 }
+fn default_snapshot_max_channels() -> u32 {
+    10_000
+}
 fn default_queue_messages() -> u32 {
     1024
 }
@@ -711,6 +721,14 @@ topic: shop.clicks
         assert_eq!(config.websocket.ping_interval, Duration::from_secs(20));
         assert!(config.ingest.enabled);
         assert!(config.sink.is_none());
+    }
+
+    #[test]
+    fn the_snapshot_cache_is_bounded_by_default_and_a_zero_bound_is_refused() {
+        let config = DataplaneConfig::from_yaml(MINIMAL).expect("valid");
+        assert_eq!(config.websocket.snapshot_max_channels, 10_000);
+        let text = format!("{MINIMAL}websocket: {{ snapshot: true, snapshotMaxChannels: 0 }}\n");
+        assert_eq!(paths(&text), ["websocket.snapshotMaxChannels"]);
     }
 
     #[test]

@@ -350,6 +350,11 @@ pub struct WebSocketSpec {
     /// Keep the last record of every channel in memory and send it first on subscribe.
     #[serde(default)]
     pub snapshot: bool,
+    /// Most channels whose last record `snapshot` keeps per bridge pod; past it, the least
+    /// recently used channel (published to or subscribed) is dropped from the cache.
+    #[serde(default = "default_snapshot_max_channels")]
+    #[schemars(range(min = 1, max = 10000000))]
+    pub snapshot_max_channels: u32,
     /// What happens to a client that reads slower than the stream arrives.
     #[serde(default)]
     pub slow_client: SlowClientSpec,
@@ -383,6 +388,7 @@ impl Default for WebSocketSpec {
             start_from: StartFrom::default(),
             replay: ReplaySpec::default(),
             snapshot: false,
+            snapshot_max_channels: default_snapshot_max_channels(),
             slow_client: SlowClientSpec::default(),
             max_connections: default_max_connections(),
             max_subscriptions_per_connection: default_max_subscriptions(),
@@ -764,6 +770,9 @@ fn default_produce_timeout() -> String {
 }
 fn default_max_connections() -> u32 {
     20000
+}
+fn default_snapshot_max_channels() -> u32 {
+    10_000
 }
 fn default_max_subscriptions() -> u32 {
     100
