@@ -213,6 +213,14 @@ pub struct WebSocketConfig {
     /// Keep and send the last record per channel.
     #[serde(default)]
     pub snapshot: bool,
+    /// Most channels whose last record `snapshot` keeps; the least recently used leaves first.
+    /// Left out of the YAML at its default, so that adding the key did not change every
+    /// rendered ConfigMap (and roll every stream's pods).
+    #[serde(
+        default = "defaults::snapshot_max_channels",
+        skip_serializing_if = "is_default_snapshot_max_channels"
+    )]
+    pub snapshot_max_channels: u32,
     /// Per-client queue length.
     #[serde(default = "defaults::queue_messages")]
     pub queue_messages: u32,
@@ -244,6 +252,7 @@ impl Default for WebSocketConfig {
             start_from: StartFrom::default(),
             replay_max_messages: defaults::replay_max_messages(),
             snapshot: false,
+            snapshot_max_channels: defaults::snapshot_max_channels(),
             queue_messages: defaults::queue_messages(),
             slow_client_policy: SlowClientPolicy::default(),
             max_connections: defaults::max_connections(),
@@ -521,6 +530,9 @@ impl DataplaneConfig {
         if ws.channel.header.as_deref() == Some("") {
             bad("websocket.channel.header", "must not be empty".into());
         }
+        if ws.snapshot_max_channels == 0 {
+            bad("websocket.snapshotMaxChannels", "must be at least 1".into());
+        }
         if ws.queue_messages == 0 {
             bad("websocket.queueMessages", "must be at least 1".into());
         }
@@ -657,6 +669,9 @@ pub fn check_table_name(name: &str) -> Result<(), String> {
     Ok(())
 }
 
+fn is_default_snapshot_max_channels(value: &u32) -> bool {
+    *value == defaults::SNAPSHOT_MAX_CHANNELS
+}
 /// Three failed 10 s metadata reads in a row: a broker restart or a leader election passes
 /// well within it, a lost network does not.
 fn default_kafka_unready_after() -> Duration {
@@ -685,6 +700,14 @@ topic: shop.clicks
         assert_eq!(config.websocket.ping_interval, Duration::from_secs(20));
         assert!(config.ingest.enabled);
         assert!(config.sink.is_none());
+    }
+
+    #[test]
+    fn the_snapshot_cache_is_bounded_by_default_and_a_zero_bound_is_refused() {
+        let config = DataplaneConfig::from_yaml(MINIMAL).expect("valid");
+        assert_eq!(config.websocket.snapshot_max_channels, 10_000);
+        let text = format!("{MINIMAL}websocket: {{ snapshot: true, snapshotMaxChannels: 0 }}\n");
+        assert_eq!(paths(&text), ["websocket.snapshotMaxChannels"]);
     }
 
     #[test]

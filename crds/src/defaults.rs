@@ -34,6 +34,8 @@ pub const PING_INTERVAL: &str = "20s";
 pub const IDLE_TIMEOUT: &str = "60s";
 /// Most records replayed for one resume.
 pub const REPLAY_MAX_MESSAGES: u32 = 10_000;
+/// `websocket.snapshotMaxChannels`: channels whose last record the snapshot cache keeps.
+pub const SNAPSHOT_MAX_CHANNELS: u32 = 10_000;
 /// Messages queued per client before the slow-client policy applies.
 pub const QUEUE_MESSAGES: u32 = 1024;
 /// JWT claim with the channels a subscriber may read.
@@ -83,6 +85,9 @@ pub(crate) fn max_frame_bytes() -> u32 {
 }
 pub(crate) fn replay_max_messages() -> u32 {
     REPLAY_MAX_MESSAGES
+}
+pub(crate) fn snapshot_max_channels() -> u32 {
+    SNAPSHOT_MAX_CHANNELS
 }
 pub(crate) fn queue_messages() -> u32 {
     QUEUE_MESSAGES

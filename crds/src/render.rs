@@ -147,6 +147,7 @@ pub fn dataplane_config(
         start_from: ws.start_from,
         replay_max_messages: ws.replay.max_messages,
         snapshot: ws.snapshot,
+        snapshot_max_channels: ws.snapshot_max_channels,
         queue_messages: ws.slow_client.queue_messages,
         slow_client_policy: ws.slow_client.policy,
         max_connections: ws.max_connections,

@@ -275,6 +275,11 @@ pub struct WebSocketSpec {
     /// Keep the last record of every channel in memory and send it first on subscribe.
     #[serde(default)]
     pub snapshot: bool,
+    /// Most channels whose last record `snapshot` keeps per bridge pod; past it, the least
+    /// recently used channel (published to or subscribed) is dropped from the cache.
+    #[serde(default = "defaults::snapshot_max_channels")]
+    #[schemars(range(min = 1, max = 10000000))]
+    pub snapshot_max_channels: u32,
     /// What happens to a client that reads slower than the stream arrives.
     #[serde(default)]
     pub slow_client: SlowClientSpec,
@@ -308,6 +313,7 @@ impl Default for WebSocketSpec {
             start_from: StartFrom::default(),
             replay: ReplaySpec::default(),
             snapshot: false,
+            snapshot_max_channels: defaults::snapshot_max_channels(),
             slow_client: SlowClientSpec::default(),
             max_connections: defaults::MAX_CONNECTIONS,
             max_subscriptions_per_connection: defaults::MAX_SUBSCRIPTIONS_PER_CONNECTION,

@@ -23,6 +23,7 @@ use super::channel::ALL;
 use super::client::Client;
 use super::protocol::{self, Control, GapKind, Positions, SubscribeOptions};
 use super::record::Record;
+use super::snapshot::SnapshotCache;
 
 /// Number of channel shards.
 pub const SHARDS: usize = 64;
@@ -60,8 +61,6 @@ struct Shard {
     subs: HashMap<Arc<str>, Subscribers>,
     /// Next offset per partition among the records this shard has published.
     positions: Positions,
-    /// Last record per channel (snapshot).
-    last: HashMap<Arc<str>, Arc<Record>>,
 }
 
 /// What a subscription sees at registration.
@@ -75,7 +74,8 @@ pub struct Registered {
 pub struct Hub {
     shards: Box<[Mutex<Shard>]>,
     star: Mutex<Shard>,
-    snapshot: bool,
+    /// The last record per channel, when `websocket.snapshot` is on; locked after a shard.
+    snapshot: Option<Mutex<SnapshotCache>>,
     hasher: std::collections::hash_map::RandomState,
     partitions: RwLock<Positions>,
     subscriptions: AtomicUsize,
@@ -84,13 +84,19 @@ pub struct Hub {
 }
 
 impl Hub {
-    /// An empty hub; with `snapshot`, the last record of every channel is kept and sent first
-    /// to new subscribers.
+    /// An empty hub; with `snapshot`, the last record of each channel (of at most 10 000, not
+    /// counted in any registry) is kept and sent first to new subscribers.
     pub fn new(snapshot: bool) -> Self {
+        Self::with_snapshot(snapshot.then(|| SnapshotCache::detached(10_000)))
+    }
+
+    /// An empty hub keeping the last record of each channel in `snapshot`, when given, and
+    /// sending it first to new subscribers.
+    pub fn with_snapshot(snapshot: Option<SnapshotCache>) -> Self {
         Self {
             shards: (0..SHARDS).map(|_| Mutex::new(Shard::default())).collect(),
             star: Mutex::new(Shard::default()),
-            snapshot,
+            snapshot: snapshot.map(Mutex::new),
             hasher: Default::default(),
             partitions: RwLock::new(Positions::new()),
             subscriptions: AtomicUsize::new(0),
@@ -144,8 +150,8 @@ impl Hub {
                     }
                 }
                 shard.positions.insert(record.partition, record.offset + 1);
-                if self.snapshot {
-                    shard.last.insert(channel.clone(), record.clone());
+                if let Some(snapshot) = &self.snapshot {
+                    snapshot.lock().put(channel, record.clone());
                 }
             }
             let mut star = self.star.lock();
@@ -228,7 +234,11 @@ impl Hub {
         client.add_subscription(canonical, options);
         let positions = shard.positions.clone();
         if options.since.is_none() {
-            if let Some(last) = shard.last.get(&**name) {
+            let last = self
+                .snapshot
+                .as_ref()
+                .and_then(|snapshot| snapshot.lock().get(name));
+            if let Some(last) = last {
                 // The snapshot record is below `positions`, so it never repeats a live one.
                 client.control(Control::snapshot(last.frame(name, client.encoding)));
             }

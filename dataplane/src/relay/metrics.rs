@@ -155,6 +155,10 @@ pub struct RelayMetrics {
     pub retention_gaps: IntCounter,
     /// Offsets in those retention gaps.
     pub retention_gap_offsets: IntCounter,
+    /// Channels whose snapshot record left the full snapshot cache (least recently used).
+    pub snapshot_evictions: IntCounter,
+    /// Channels in the snapshot cache.
+    pub snapshot_channels: IntGauge,
     stream: String,
 }
 
@@ -277,6 +281,22 @@ impl RelayMetrics {
             ),
             labels,
         )?;
+        let snapshot_evictions = IntCounterVec::new(
+            Opts::new(
+                "eventstream_ws_snapshot_evictions_total",
+                "Channels whose last record left the snapshot cache because it held websocket.snapshotMaxChannels (least recently used first); a new subscriber of such a channel gets no snapshot",
+            ),
+            labels,
+        )?;
+        let snapshot_channels = IntGaugeVec::new(
+            Opts::new(
+                "eventstream_ws_snapshot_channels",
+                "Channels whose last record the snapshot cache holds",
+            ),
+            labels,
+        )?;
+        registry.register(Box::new(snapshot_evictions.clone()))?;
+        registry.register(Box::new(snapshot_channels.clone()))?;
         registry.register(Box::new(connections.clone()))?;
         registry.register(Box::new(rejected.clone()))?;
         registry.register(Box::new(subscriptions.clone()))?;
@@ -311,6 +331,8 @@ impl RelayMetrics {
             out_of_range: out_of_range.with_label_values(&[stream]),
             retention_gaps: retention_gaps.with_label_values(&[stream]),
             retention_gap_offsets: retention_gap_offsets.with_label_values(&[stream]),
+            snapshot_evictions: snapshot_evictions.with_label_values(&[stream]),
+            snapshot_channels: snapshot_channels.with_label_values(&[stream]),
             stream: stream.to_string(),
         })
     }

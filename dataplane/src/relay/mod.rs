@@ -5,6 +5,7 @@
 //! - [`protocol`]: client requests and server control frames in JSON and protobuf (pure).
 //! - [`client`]: one subscriber's bounded queue and slow-client policy.
 //! - [`hub`]: sharded subscriptions and delivery; never waits on a client.
+//! - [`snapshot`]: the bounded last-record-per-channel cache of `websocket.snapshot`.
 //! - [`consumer`]: the assign-all-partitions Kafka consumer feeding the hub.
 //! - [`contact`]: whether Kafka still answers (readiness).
 //! - [`replay`]: resume from Kafka with no gap and no duplicate.
@@ -23,6 +24,7 @@ pub mod protocol;
 pub mod record;
 pub mod replay;
 pub mod session;
+pub mod snapshot;
 pub mod sse;
 pub mod ws;
 
@@ -163,7 +165,14 @@ impl Relay {
             }
             _ => None,
         };
-        let hub = Arc::new(Hub::new(config.websocket.snapshot));
+        let snapshot = config.websocket.snapshot.then(|| {
+            snapshot::SnapshotCache::new(
+                config.websocket.snapshot_max_channels as usize,
+                metrics.snapshot_evictions.clone(),
+                metrics.snapshot_channels.clone(),
+            )
+        });
+        let hub = Arc::new(Hub::with_snapshot(snapshot));
         let replayer = Arc::new(Replayer::new(
             base.clone(),
             config.topic.clone(),
