@@ -33,6 +33,16 @@
 //!
 //! [`start`](TansuBroker::start) blocks (at most about a minute, normally
 //! well under a second): call it before spawning the code under test.
+//!
+//! [`TansuBroker::start_with_scram_user`] runs a broker that requires SASL
+//! SCRAM-SHA-512 (`--authentication`) with one user. tansu 0.6 offers only
+//! SCRAM and OAUTHBEARER (its `rsasl` is built without PLAIN), and only its
+//! SQL storage engines keep SCRAM credentials, so this broker stores its data
+//! in a SQLite file (`--storage-engine sqlite://…`, the `libsql` feature of
+//! the binary `./scripts/test` installs): it is started once without
+//! authentication, the user is created with `tansu user create` (an
+//! AlterUserScramCredentials request), and it is started again with
+//! `--authentication` on the same file and port.
 
 use std::fs::File;
 use std::net::{SocketAddr, TcpStream};
@@ -72,6 +82,24 @@ const TANSU_ENV: &[&str] = &[
     "DELTA_DATABASE",
 ];
 
+/// The features `./scripts/test` builds tansu with: `dynostore` for the
+/// in-memory engine, `libsql` for the SQLite engine that keeps SCRAM users.
+pub const TANSU_FEATURES: &str = "dynostore,libsql";
+
+/// Where `./scripts/test` installs tansu below `$EVENTSTREAM_CACHE`
+/// (default `$HOME/.cache/eventstream`): named by version and features, so a
+/// binary built with other features is never mistaken for this one.
+pub fn cache_dir_name() -> String {
+    format!("tansu-{TANSU_VERSION}-{}", TANSU_FEATURES.replace(',', "-"))
+}
+
+/// A SCRAM-SHA-512 user the broker requires (see the module docs).
+#[derive(Clone, Debug)]
+pub struct ScramUser {
+    pub username: String,
+    pub password: String,
+}
+
 /// A running tansu broker; see the [module docs](self).
 #[derive(Debug)]
 pub struct TansuBroker {
@@ -79,19 +107,24 @@ pub struct TansuBroker {
     port: u16,
     log_path: PathBuf,
     command_line: String,
+    /// `memory://tansu/`, or a SQLite file in `dir` for a broker with users.
+    storage: String,
+    /// Set once the broker requires SASL: every client config carries it.
+    sasl: Option<ScramUser>,
     /// Removed when dropped, after `Drop::drop` has killed the broker.
     dir: tempfile::TempDir,
 }
 
 impl TansuBroker {
     /// Finds the tansu binary: `$TANSU_BIN`, else
-    /// `$HOME/.cache/eventstream/tansu-0.6.0/bin/tansu`, else `tansu` on
-    /// `PATH`.
+    /// `$EVENTSTREAM_CACHE/tansu-0.6.0-dynostore-libsql/bin/tansu` (the cache
+    /// defaulting to `$HOME/.cache/eventstream`), else `tansu` on `PATH`.
     pub fn binary() -> Result<PathBuf, HarnessError> {
+        let dir = cache_dir_name();
         let hint = format!(
             "run `./scripts/test` (which installs it) or \
-             `cargo install tansu --version {TANSU_VERSION} --features dynostore --locked \
-             --root $HOME/.cache/eventstream/tansu-{TANSU_VERSION}`"
+             `cargo install tansu --version {TANSU_VERSION} --features {TANSU_FEATURES} --locked \
+             --root $HOME/.cache/eventstream/{dir}`"
         );
         if let Some(explicit) = std::env::var_os("TANSU_BIN") {
             let path = PathBuf::from(explicit);
@@ -105,12 +138,12 @@ impl TansuBroker {
                 })
             };
         }
-        let cached = std::env::var_os("HOME").map(|home| {
-            PathBuf::from(home)
-                .join(".cache/eventstream")
-                .join(format!("tansu-{TANSU_VERSION}"))
-                .join("bin/tansu")
-        });
+        let cache = std::env::var_os("EVENTSTREAM_CACHE")
+            .map(PathBuf::from)
+            .or_else(|| {
+                std::env::var_os("HOME").map(|h| PathBuf::from(h).join(".cache/eventstream"))
+            });
+        let cached = cache.map(|cache| cache.join(&dir).join("bin/tansu"));
         if let Some(cached) = cached.as_ref().filter(|p| is_executable(p)) {
             return Ok(cached.clone());
         }
@@ -129,6 +162,61 @@ impl TansuBroker {
     /// Starts a broker on a free port and waits until it serves metadata.
     /// Retries on a fresh port when the chosen one was taken meanwhile.
     pub fn start() -> Result<Self, HarnessError> {
+        Self::start_on("memory://tansu/")
+    }
+
+    /// Starts a broker that requires SASL SCRAM-SHA-512 and knows one user
+    /// (see the module docs). [`client_config`](Self::client_config) and the
+    /// configs built on it authenticate as that user; a client without SASL
+    /// or with another password is refused.
+    pub fn start_with_scram_user(user: ScramUser) -> Result<Self, HarnessError> {
+        // tansu reads the file's path relative to its working directory, the broker's temp dir.
+        let mut broker = Self::start_on("sqlite://tansu.db")?;
+        let binary = Self::binary()?;
+        let mut create = Command::new(&binary);
+        create
+            .arg("user")
+            .arg("create")
+            .args(["--broker", &format!("tcp://127.0.0.1:{}", broker.port)])
+            .args(["--mechanism", "scram512"])
+            .arg(&user.username)
+            .arg(&user.password)
+            .env("RUST_LOG", "warn");
+        let what = describe(&create);
+        let out = create
+            .output()
+            .map_err(|e| HarnessError::io(format!("running `{what}`"), e))?;
+        if !out.status.success() {
+            return Err(HarnessError::StartFailed {
+                server: "tansu",
+                attempts: 1,
+                reason: format!(
+                    "`{what}` failed ({}): {}",
+                    out.status,
+                    String::from_utf8_lossy(&out.stderr).trim()
+                ),
+                log: broker.log_path.clone(),
+                log_tail: broker.log_tail(LOG_TAIL_LINES),
+            });
+        }
+        // Again on the same port and file, now requiring SASL.
+        broker.reap();
+        broker.sasl = Some(user);
+        broker.spawn(&binary)?;
+        if let Err(Failure::PortClash(reason) | Failure::Fatal(reason)) = broker.wait_ready() {
+            return Err(HarnessError::StartFailed {
+                server: "tansu",
+                attempts: 1,
+                reason: format!("{reason} (command: {})", broker.command_line),
+                log: broker.log_path.clone(),
+                log_tail: broker.log_tail(LOG_TAIL_LINES),
+            });
+        }
+        Ok(broker)
+    }
+
+    /// Starts on a free port with the storage engine URL `storage`.
+    fn start_on(storage: &str) -> Result<Self, HarnessError> {
         let binary = Self::binary()?;
         let dir = tempfile::Builder::new()
             .prefix("eventstream-tansu-")
@@ -139,6 +227,8 @@ impl TansuBroker {
             port: 0,
             log_path: dir.path().join("tansu.log"),
             command_line: String::new(),
+            storage: storage.to_owned(),
+            sasl: None,
             dir,
         };
 
@@ -181,11 +271,14 @@ impl TansuBroker {
             .args(["--cluster-id", CLUSTER_ID])
             .args(["--listener-url", &url])
             .args(["--advertised-listener-url", &url])
-            .args(["--storage-engine", "memory://tansu/"])
+            .args(["--storage-engine", &self.storage])
             .current_dir(self.dir.path())
             .stdin(Stdio::null())
             .stdout(Stdio::from(log))
             .stderr(Stdio::from(log_err));
+        if self.sasl.is_some() {
+            cmd.arg("--authentication");
+        }
         for var in TANSU_ENV {
             cmd.env_remove(var);
         }
@@ -282,20 +375,37 @@ impl TansuBroker {
         log_tail(&self.log_path, lines)
     }
 
-    /// `bootstrap.servers` only (admin clients, custom configs).
+    /// `bootstrap.servers` only (admin clients, custom configs), plus the
+    /// SASL settings of a broker with a user.
     pub fn client_config(&self) -> ClientConfig {
-        crate::kafka::client_config(&self.bootstrap())
+        self.with_sasl(crate::kafka::client_config(&self.bootstrap()))
     }
 
     /// See [`kafka::producer_config`](crate::kafka::producer_config).
     pub fn producer_config(&self) -> ClientConfig {
-        crate::kafka::producer_config(&self.bootstrap())
+        self.with_sasl(crate::kafka::producer_config(&self.bootstrap()))
     }
 
     /// Consumer settings for this broker, with `fetch.wait.max.ms=5` (see
     /// the module docs); see [`kafka::consumer_config`](crate::kafka::consumer_config).
     pub fn consumer_config(&self, group: Option<&str>) -> ClientConfig {
-        crate::kafka::consumer_config(&self.bootstrap(), group)
+        self.with_sasl(crate::kafka::consumer_config(&self.bootstrap(), group))
+    }
+
+    /// The user a broker started with [`start_with_scram_user`](Self::start_with_scram_user) requires.
+    pub fn scram_user(&self) -> Option<&ScramUser> {
+        self.sasl.as_ref()
+    }
+
+    fn with_sasl(&self, mut config: ClientConfig) -> ClientConfig {
+        if let Some(user) = &self.sasl {
+            config
+                .set("security.protocol", "SASL_PLAINTEXT")
+                .set("sasl.mechanism", "SCRAM-SHA-512")
+                .set("sasl.username", &user.username)
+                .set("sasl.password", &user.password);
+        }
+        config
     }
 
     /// Whether the broker process is still alive.
