@@ -151,6 +151,33 @@ fn postgres_missing_binaries_are_named() {
 
 // ------------------------------------------------------------------- tansu
 
+/// A broker with a SCRAM user answers clients that authenticate as that user, and nobody else.
+#[tokio::test]
+async fn tansu_with_a_scram_user_refuses_other_clients() -> TestResult {
+    use eventstream_testkit::tansu::ScramUser;
+    let broker = tokio::task::spawn_blocking(|| {
+        TansuBroker::start_with_scram_user(ScramUser {
+            username: "alice".into(),
+            password: "s3cret".into(),
+        })
+    })
+    .await??;
+    let metadata = |config: rdkafka::ClientConfig| -> Result<usize, Box<dyn Error>> {
+        let consumer: BaseConsumer = config.create()?;
+        consumer
+            .fetch_metadata(None, Duration::from_secs(5))
+            .map(|m| m.brokers().len())
+            .map_err(Box::<dyn Error>::from)
+    };
+    assert_eq!(metadata(broker.client_config())?, 1, "the user is answered");
+    let mut wrong = broker.client_config();
+    wrong.set("sasl.password", "not-it");
+    assert!(metadata(wrong).is_err(), "a wrong password is refused");
+    let plain = kafka::client_config(&broker.bootstrap());
+    assert!(metadata(plain).is_err(), "a client without SASL is refused");
+    Ok(())
+}
+
 #[tokio::test]
 async fn tansu_admin_topic_and_round_trip() -> TestResult {
     let broker = TansuBroker::start()?;
