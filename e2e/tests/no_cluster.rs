@@ -1077,7 +1077,9 @@ async fn kafka_sasl_scram_end_to_end_against_tansu() -> Result<()> {
         password: Some("secret".into()),
         ..KafkaConnection::plaintext(broker.bootstrap())
     };
-    let admin = RdKafkaAdmin::new(Duration::from_secs(5));
+    // A generous admin timeout: a request the client gives up on breaks tansu's SQLite engine
+    // (see testkit's tansu module).
+    let admin = RdKafkaAdmin::new(Duration::from_secs(30));
     let topic = eventually(
         "the topic to be created over SASL",
         STEP_TIMEOUT,

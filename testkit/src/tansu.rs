@@ -43,6 +43,14 @@
 //! authentication, the user is created with `tansu user create` (an
 //! AlterUserScramCredentials request), and it is started again with
 //! `--authentication` on the same file and port.
+//!
+//! Quirk: tansu 0.6's SQLite engine serves storage requests from one task
+//! that ends for good when a request's client went away before its answer
+//! (`ChannelRequestService` returns `UnableToSend`); from then on every
+//! Produce fails with `SendError`. A SQLite broker is therefore only for
+//! tests that never drop a client in the middle of a request (no client
+//! SIGKILLs, no client-side request timeouts): the fault soak, which kills
+//! bridges, runs on the in-memory engine and cannot restart its broker.
 
 use std::fs::File;
 use std::net::{SocketAddr, TcpStream};
