@@ -242,7 +242,10 @@ impl Session {
             ));
         }
         let filter = match &options.filter {
-            Some(text) => Some(Filter::compile(channel, text)?),
+            Some(text) => Some(match shared.hub.known_filter(channel, text) {
+                Some(filter) => filter,
+                None => Filter::compile(channel, text)?,
+            }),
             None => None,
         };
         let Some(registered) = shared.hub.subscribe(client, &options, filter.clone()) else {
