@@ -11,6 +11,11 @@
 //! and where the latency accumulates (Kafka → consumed → offered → taken by the writer →
 //! flushed → read by the client), from the relay's stage histograms.
 //!
+//! A scenario `CLIENTSxRATEfFILTERS` (e.g. `10000x50f100`) subscribes every client to `*`
+//! with one of FILTERS distinct CEL filters (`data.i >= -k`, k = client index mod FILTERS, all
+//! true, so deliveries stay comparable): the bridge evaluates each record once per distinct
+//! filter, and the rows show what that costs against the same scenario without filters.
+//!
 //! `--pin 0:1` pins the bridge process (every thread: broker, consumer, Tokio workers) to CPU 0
 //! and the clients to CPU 1 (`taskset`), so that neither steals the other's core.
 //!
@@ -18,6 +23,7 @@
 //! cargo run --release -p eventstream-dataplane --example fanout_bench
 //! cargo run --release -p eventstream-dataplane --example fanout_bench -- --scenarios 1000x500,10000x50 --seconds 10
 //! cargo run --release -p eventstream-dataplane --example fanout_bench -- --scenarios 10000x50 --pin 0:1
+//! cargo run --release -p eventstream-dataplane --example fanout_bench -- --scenarios 10000x50,10000x50f1,10000x50f100,10000x50f10000
 //! ```
 
 use std::io::{BufRead, BufReader, Write};
@@ -174,6 +180,10 @@ impl Histogram {
 fn clients_main() -> Result<()> {
     let url = arg("--url").context("--url")?;
     let n: usize = arg("--clients").context("--clients")?.parse()?;
+    let filters: usize = arg("--filters")
+        .map(|f| f.parse())
+        .transpose()?
+        .unwrap_or(0);
     let rt = tokio::runtime::Builder::new_multi_thread()
         .worker_threads(1)
         .enable_all()
@@ -187,10 +197,15 @@ fn clients_main() -> Result<()> {
             let (mut ws, _) = tokio_tungstenite::connect_async(url.as_str())
                 .await
                 .with_context(|| format!("client {i} connects"))?;
-            ws.send(Message::Text(
-                r#"{"type":"subscribe","channel":"*"}"#.into(),
-            ))
-            .await?;
+            let subscribe = if filters > 0 {
+                format!(
+                    r#"{{"type":"subscribe","channel":"*","filter":"data.i >= -{}"}}"#,
+                    i % filters
+                )
+            } else {
+                r#"{"type":"subscribe","channel":"*"}"#.to_string()
+            };
+            ws.send(Message::Text(subscribe.into())).await?;
             let received = received.clone();
             let counting = counting.clone();
             let histogram = histogram.clone();
@@ -250,6 +265,8 @@ fn clients_main() -> Result<()> {
 
 struct Row {
     clients: usize,
+    filters: usize,
+    evaluations_per_s: f64,
     received: f64,
     runtime_cpu: f64,
     kafka_cpu: f64,
@@ -275,12 +292,15 @@ fn bench_main() -> Result<()> {
         .map(|s| s.parse())
         .transpose()?
         .unwrap_or(10);
-    let scenarios: Vec<(usize, u64)> = arg("--scenarios")
+    let scenarios: Vec<(usize, u64, usize)> = arg("--scenarios")
         .unwrap_or_else(|| "19000x13,10000x25,10000x50,1000x500,1000x2000".into())
         .split(',')
         .map(|s| {
-            let (c, r) = s.split_once('x').context("scenario is CLIENTSxRATE")?;
-            Ok((c.parse()?, r.parse()?))
+            let (c, rest) = s
+                .split_once('x')
+                .context("scenario is CLIENTSxRATE[fFILTERS]")?;
+            let (r, f) = rest.split_once('f').unwrap_or((rest, "0"));
+            Ok((c.parse()?, r.parse()?, f.parse()?))
         })
         .collect::<Result<_>>()?;
     // `--pin BRIDGE_CPUS:CLIENT_CPUS`: every thread of this process (set before any is started,
@@ -334,12 +354,11 @@ fn bench_main() -> Result<()> {
             .set("linger.ms", "1")
             .create()?;
         let mut rows = Vec::new();
-        for (clients, rate) in &scenarios {
+        for (clients, rate, filters) in &scenarios {
             rows.push(
                 scenario(
                     &url,
-                    *clients,
-                    *rate,
+                    (*clients, *rate, *filters),
                     seconds,
                     &producer,
                     &registry,
@@ -354,9 +373,9 @@ fn bench_main() -> Result<()> {
     })?;
     println!();
     println!(
-        "| clients | msgs/s produced | deliveries/s offered | deliveries/s measured | delivered | e2e p50 | e2e p99 | bridge RSS per idle connection | bridge+broker CPU | clients CPU | bridge Kafka→write p50 / p99 |"
+        "| clients | distinct filters | filter evaluations/s | msgs/s produced | deliveries/s offered | deliveries/s measured | delivered | e2e p50 | e2e p99 | bridge RSS per idle connection | bridge+broker CPU | clients CPU | bridge Kafka→write p50 / p99 |"
     );
-    println!("|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|");
+    println!("|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|");
     for (i, r) in rows.iter().enumerate() {
         // RSS per connection is only meaningful in a fresh process: later scenarios reuse memory
         // the allocator kept from earlier ones.
@@ -366,8 +385,10 @@ fn bench_main() -> Result<()> {
             "–".to_string()
         };
         println!(
-            "| {} | {} | {:.0} | {:.0} | {:.2}% | {:.1} ms | {:.1} ms | {} | {:.2} cores | {:.2} cores | ≤{} / ≤{} ms |",
+            "| {} | {} | {:.0} | {} | {:.0} | {:.0} | {:.2}% | {:.1} ms | {:.1} ms | {} | {:.2} cores | {:.2} cores | ≤{} / ≤{} ms |",
             r.clients,
+            r.filters,
+            r.evaluations_per_s,
             r.rate,
             r.expected_per_s,
             r.deliveries_per_s,
@@ -449,6 +470,17 @@ fn bench_main() -> Result<()> {
 }
 
 /// Cumulative buckets of the bridge's own latency histogram (Kafka timestamp → socket write).
+/// A metric's value summed over its label sets.
+fn metric_sum(registry: &prometheus::Registry, name: &str) -> f64 {
+    registry
+        .gather()
+        .iter()
+        .filter(|family| family.name() == name)
+        .flat_map(|family| family.get_metric())
+        .map(|m| m.get_counter().value())
+        .sum()
+}
+
 fn bridge_buckets(registry: &prometheus::Registry) -> Vec<(f64, u64)> {
     let mut out = Vec::new();
     for family in registry.gather() {
@@ -482,8 +514,7 @@ fn bucket_quantile(before: &[(f64, u64)], after: &[(f64, u64)], q: f64) -> f64 {
 
 async fn scenario(
     url: &str,
-    clients: usize,
-    rate: u64,
+    (clients, rate, filters): (usize, u64, usize),
     seconds: u64,
     producer: &FutureProducer,
     registry: &prometheus::Registry,
@@ -508,6 +539,8 @@ async fn scenario(
             url,
             "--clients",
             &clients.to_string(),
+            "--filters",
+            &filters.to_string(),
         ])
         .stdin(Stdio::piped())
         .stdout(Stdio::piped())
@@ -535,6 +568,7 @@ async fn scenario(
     let stage_list = [&stages.kafka, &stages.fanout, &stages.queue, &stages.write];
     let stages_before: Vec<Vec<u64>> = stage_list.iter().map(|h| h.snapshot()).collect();
     let (runtime0, kafka0) = thread_cpu_seconds(pid);
+    let evaluations0 = metric_sum(registry, "eventstream_ws_filter_evaluations_total");
     writeln!(stdin, "start")?;
     let started = Instant::now();
     let interval = Duration::from_secs_f64(1.0 / rate as f64);
@@ -579,6 +613,8 @@ async fn scenario(
     let write_p50 = bucket_quantile(&buckets_before, &buckets_after, 0.50);
     let write_p99 = bucket_quantile(&buckets_before, &buckets_after, 0.99);
     let clients_cpu = (cpu_seconds(child_pid) - clients_cpu0) / elapsed;
+    let evaluations =
+        metric_sum(registry, "eventstream_ws_filter_evaluations_total") - evaluations0;
     writeln!(stdin, "stop")?;
     tokio::task::block_in_place(|| read_line(&mut out, &mut line))?;
     let mut parts = line
@@ -595,6 +631,8 @@ async fn scenario(
     tokio::time::sleep(Duration::from_secs(2)).await;
     Ok(Row {
         clients,
+        filters,
+        evaluations_per_s: evaluations / elapsed,
         received,
         runtime_cpu: (runtime1 - runtime0) / elapsed,
         kafka_cpu: (kafka1 - kafka0) / elapsed,

@@ -2,6 +2,7 @@
 //! it, and integration tests and benchmarks drive the same code.
 //!
 //! Modules own one job each:
+//! - [`cel`]: CEL expressions compiled once with bounded cost, evaluated per input.
 //! - [`kafka`]: librdkafka client settings from the dataplane config (and secrets from the env).
 //! - [`telemetry`]: logging and the Prometheus registry.
 //! - [`server`]: the HTTP server skeleton: health, readiness, metrics, graceful shutdown.
@@ -12,6 +13,7 @@
 
 pub mod auth;
 pub mod bridge;
+pub mod cel;
 pub mod cross_origin;
 pub mod ingest;
 pub mod kafka;

@@ -85,8 +85,9 @@ pub mod v1 {
 }
 
 use v1::{
-    Auth, Authenticated, ClientFrame, Envelope, Error, Event, Gap, GapReason, PayloadEncoding,
-    Ping, Pong, ServerFrame, Subscribe, Subscribed, Unsubscribe, client_frame, server_frame,
+    Auth, Authenticated, Broadcast, ClientFrame, Envelope, Error, Event, Gap, GapReason,
+    PayloadEncoding, Ping, Pong, Progress, ServerFrame, Subscribe, Subscribed, Unsubscribe,
+    client_frame, server_frame,
 };
 
 impl Envelope {
@@ -109,6 +110,21 @@ impl ClientFrame {
         Subscribe {
             channel: channel.into(),
             since: since.into_iter().collect(),
+            filter: None,
+        }
+        .into()
+    }
+
+    /// A `subscribe` frame with a CEL `filter` (see [`ClientFrame::subscribe`]).
+    pub fn subscribe_filtered(
+        channel: impl Into<String>,
+        since: impl IntoIterator<Item = (i32, i64)>,
+        filter: impl Into<String>,
+    ) -> Self {
+        Subscribe {
+            channel: channel.into(),
+            since: since.into_iter().collect(),
+            filter: Some(filter.into()),
         }
         .into()
     }
@@ -158,6 +174,28 @@ impl ServerFrame {
         Subscribed {
             channel: channel.into(),
             positions: positions.into_iter().collect(),
+        }
+        .into()
+    }
+
+    /// A `progress` frame: per partition, the next offset after what a filtered subscription
+    /// has covered.
+    pub fn progress(
+        channel: impl Into<String>,
+        positions: impl IntoIterator<Item = (i32, i64)>,
+    ) -> Self {
+        Progress {
+            channel: channel.into(),
+            positions: positions.into_iter().collect(),
+        }
+        .into()
+    }
+
+    /// A `broadcast` frame carrying `envelope`.
+    pub fn broadcast(envelope: Envelope, payload_encoding: PayloadEncoding) -> Self {
+        Broadcast {
+            envelope: Some(envelope),
+            payload_encoding: payload_encoding.into(),
         }
         .into()
     }
@@ -241,5 +279,7 @@ frame_from!(
     Gap,
     Error,
     Pong,
-    Authenticated
+    Authenticated,
+    Progress,
+    Broadcast
 );

@@ -227,6 +227,15 @@ fn constructors_build_the_expected_variants() {
         ClientFrame::from(Subscribe {
             channel: "ch".into(),
             since: map(&[(0, 1)]),
+            filter: None,
+        })
+    );
+    assert_eq!(
+        ClientFrame::subscribe_filtered("ch", [], "data.cpu > 90.0"),
+        ClientFrame::from(Subscribe {
+            channel: "ch".into(),
+            since: map(&[]),
+            filter: Some("data.cpu > 90.0".into()),
         })
     );
     assert_eq!(

@@ -4,7 +4,7 @@
 //!
 //! | metric | type | labels |
 //! |---|---|---|
-//! | `eventstream_ingest_requests_total` | counter | `stream`, `route` (`produce`, `produce_batch`), `code` (HTTP status) |
+//! | `eventstream_ingest_requests_total` | counter | `stream`, `route` (`produce`, `produce_batch`, `broadcast`), `code` (HTTP status) |
 //! | `eventstream_ingest_records_total` | counter | `stream` — records acknowledged by Kafka |
 //! | `eventstream_ingest_bytes_total` | counter | `stream` — payload bytes acknowledged by Kafka |
 //! | `eventstream_ingest_produce_seconds` | histogram | `stream` — first enqueue to last delivery report of a request |
@@ -24,6 +24,8 @@ pub enum Route {
     Single,
     /// `POST /produce/batch`.
     Batch,
+    /// `POST /broadcast`.
+    Broadcast,
 }
 
 /// Why an event was refused before producing (`reason` label).
@@ -105,7 +107,7 @@ const CODES: [u16; 9] = [200, 400, 401, 403, 413, 415, 500, 503, 0];
 /// The ingest metrics of one stream.
 #[derive(Clone)]
 pub struct Metrics {
-    requests: [[IntCounter; CODES.len()]; 2],
+    requests: [[IntCounter; CODES.len()]; 3],
     /// Records acknowledged.
     pub records: IntCounter,
     /// Payload bytes acknowledged.
@@ -184,7 +186,11 @@ impl Metrics {
             })
         };
         Ok(Self {
-            requests: [by_code("produce"), by_code("produce_batch")],
+            requests: [
+                by_code("produce"),
+                by_code("produce_batch"),
+                by_code("broadcast"),
+            ],
             records,
             bytes,
             produce_seconds,
@@ -203,6 +209,7 @@ impl Metrics {
         let route = match route {
             Route::Single => 0,
             Route::Batch => 1,
+            Route::Broadcast => 2,
         };
         self.requests[route][slot].inc();
     }

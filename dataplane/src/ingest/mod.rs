@@ -8,6 +8,7 @@
 //! `docs/ingest.md`.
 //!
 //! Each module has one job:
+//! - [`broadcast`]: the `POST /broadcast` body and its marker header (pure).
 //! - [`body`]: content type and framing → events (pure).
 //! - [`validate`]: required fields and JSON Schema (pure).
 //! - [`key`]: the Kafka key from a JSON pointer (pure).
@@ -19,6 +20,7 @@
 //! - `routes`: the axum handlers, CORS and security headers.
 
 pub mod body;
+pub mod broadcast;
 pub mod enrich;
 pub mod key;
 pub mod metrics;

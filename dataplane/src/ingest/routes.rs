@@ -1,4 +1,4 @@
-//! The HTTP adapter: `POST /produce` and `POST /produce/batch`, with CORS and security headers.
+//! The HTTP adapter: `POST /produce`, `POST /produce/batch` and `POST /broadcast`, with CORS and security headers.
 //!
 //! Order of work per request, cheapest refusal first: shutting down (503) → auth (401/403, before
 //! reading anything) → content type (415) → declared length (413, before reading) → body read
@@ -39,6 +39,7 @@ pub fn router(shared: Arc<Shared>, cors: Option<CorsLayer>) -> Router {
     let mut router = Router::new()
         .route("/produce", post(produce))
         .route("/produce/batch", post(produce_batch))
+        .route("/broadcast", post(broadcast))
         .with_state(shared);
     if let Some(cors) = cors {
         router = router.layer(cors);
@@ -70,6 +71,59 @@ async fn produce_batch(State(shared): State<Arc<Shared>>, request: Request) -> R
     };
     shared.metrics.request(Route::Batch, response.status());
     response
+}
+
+async fn broadcast(State(shared): State<Arc<Shared>>, request: Request) -> Response {
+    let response = match broadcast_one(&shared, request).await {
+        Ok(response) => response,
+        Err(rejection) => {
+            shared.count_rejection(&rejection);
+            reply::error(&rejection.error)
+        }
+    };
+    shared.metrics.request(Route::Broadcast, response.status());
+    response
+}
+
+/// `POST /broadcast`: the same admission, limits and durability as `/produce` (200 only once
+/// the broker acknowledged), a JSON body only, checked by [`super::broadcast::check`].
+async fn broadcast_one(shared: &Shared, request: Request) -> Result<Response, Rejection> {
+    let (parts, body) = request.into_parts();
+    admit(shared, &parts.headers)?;
+    if content_type(&parts.headers, false)? != Format::Json {
+        return Err(ApiError::new(
+            ErrorCode::UnsupportedMediaType,
+            "a broadcast is application/json",
+        )
+        .into());
+    }
+    let bytes = read_body(body, &parts.headers, shared.max_body_bytes).await?;
+    super::broadcast::check(&bytes)?;
+    let stamp = super::enrich::Stamp::new(&received_at_now());
+    let started = Instant::now();
+    let delivery = shared.producer.send(Outgoing {
+        key: None,
+        payload: &bytes,
+        headers: super::broadcast::headers(&stamp),
+    })?;
+    let deadline = tokio::time::Instant::now() + shared.produce_timeout;
+    let result = Producer::delivered(delivery, deadline).await;
+    shared
+        .metrics
+        .produce_seconds
+        .observe(started.elapsed().as_secs_f64());
+    shared.update_queue_depth();
+    let (partition, offset) = result?;
+    shared.metrics.records.inc();
+    shared.metrics.bytes.inc_by(bytes.len() as u64);
+    Ok(reply::json(
+        StatusCode::OK,
+        &Produced {
+            partition,
+            offset,
+            ingest_id: stamp.ingest_id,
+        },
+    ))
 }
 
 async fn produce_one(shared: &Shared, request: Request) -> Result<Response, Rejection> {

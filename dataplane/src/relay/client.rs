@@ -11,6 +11,10 @@
 //! held in a per-subscription buffer (bounded the same way) and queued after the replay, so the
 //! client sees history, then `subscribed`, then live records, in offset order.
 //!
+//! A filtered subscription's `progress` ([`Client::offer_progress`]) is kept aside, one per
+//! subscription (a newer one replaces an unwritten older one: positions only move forward), and
+//! written after everything queued: it is neither dropped nor counted against either bound.
+//!
 //! A `retention` gap from the hub ([`Client::offer_gap`]) is queued (or held) in order with the
 //! records, never dropped, and not counted against either bound.
 
@@ -70,6 +74,16 @@ pub enum Outbound {
         to: Positions,
         /// Why.
         reason: GapKind,
+    },
+    /// A filtered subscription's progress: every record of it below `positions` (next
+    /// offsets) was sent or dropped by its filter.
+    Progress {
+        /// The subscription.
+        subscription: Arc<str>,
+        /// Next offset per partition.
+        positions: Arc<Positions>,
+        /// The encoded `progress` frame.
+        control: Control,
     },
 }
 
@@ -208,6 +222,8 @@ struct State {
     /// Dropped ranges not yet reported, per subscription: (from, to).
     gaps: HashMap<Arc<str>, (Positions, Positions)>,
     subs: Subs,
+    /// The latest unwritten progress per subscription.
+    progress: HashMap<Arc<str>, (Arc<Positions>, Control)>,
     closed: Option<Closed>,
     dropped: u64,
 }
@@ -293,6 +309,7 @@ impl Client {
         let mut st = self.state.lock();
         st.subs.remove(name);
         st.gaps.remove(name);
+        st.progress.remove(name);
         let mut removed = 0;
         st.items.retain(|item| match item {
             Outbound::Event { subscription, .. } => {
@@ -301,7 +318,7 @@ impl Client {
                 keep
             }
             Outbound::Gap { subscription, .. } => &**subscription != name,
-            Outbound::Control(_) => true,
+            Outbound::Control(_) | Outbound::Progress { .. } => true,
         });
         st.events -= removed;
         drop(st);
@@ -392,6 +409,7 @@ impl Client {
                 st.closed = Some(Closed::SlowClient);
                 self.closed_signal.notify_one();
                 st.items.clear();
+                st.progress.clear();
                 st.events = 0;
                 st.controls = 0;
                 self.space.notify_waiters();
@@ -437,6 +455,29 @@ impl Client {
         !self.wake_pending.swap(true, Ordering::AcqRel)
     }
 
+    /// Keeps `control` (a `progress` frame at `positions`) for subscription `name`, replacing an
+    /// unwritten older one; ignored while `name` replays (its `subscribed` covers as much).
+    /// Like [`offer_deferred`](Self::offer_deferred), returns `true` when the caller must
+    /// [`wake`](Self::wake) the writer.
+    pub fn offer_progress(
+        &self,
+        name: &Arc<str>,
+        positions: &Arc<Positions>,
+        control: Control,
+    ) -> bool {
+        let mut st = self.state.lock();
+        if st.closed.is_some() {
+            return false;
+        }
+        match st.subs.get_arc_mut(name) {
+            Some(sub) if sub.pending.is_none() => {}
+            _ => return false,
+        }
+        st.progress
+            .insert(name.clone(), (positions.clone(), control));
+        !self.wake_pending.swap(true, Ordering::AcqRel)
+    }
+
     /// Closes the client because its token expired: nothing queued is written any more (the
     /// token no longer allows it; the client resumes from the events it did receive).
     pub fn expire(&self) {
@@ -447,6 +488,7 @@ impl Client {
         st.closed = Some(Closed::TokenExpired);
         st.items.clear();
         st.gaps.clear();
+        st.progress.clear();
         st.events = 0;
         st.controls = 0;
         drop(st);
@@ -547,6 +589,13 @@ impl Client {
             });
         }
         items.extend(st.items.drain(..));
+        for (subscription, (positions, control)) in st.progress.drain() {
+            items.push(Outbound::Progress {
+                subscription,
+                positions,
+                control,
+            });
+        }
         let had_events = st.events > 0;
         st.events = 0;
         st.controls = 0;
@@ -742,6 +791,7 @@ mod tests {
                     from, to, reason, ..
                 } => format!("gap {from:?}..{to:?} {reason:?}"),
                 Outbound::Control(_) => "control".into(),
+                Outbound::Progress { .. } => "progress".into(),
             })
             .collect()
     }

@@ -159,6 +159,10 @@ pub struct RelayMetrics {
     pub snapshot_evictions: IntCounter,
     /// Channels in the snapshot cache.
     pub snapshot_channels: IntGauge,
+    /// Subscription filter evaluations by result.
+    pub filter: super::filter::FilterCounters,
+    /// Broadcast frames queued to clients.
+    pub broadcasts: IntCounter,
     stream: String,
 }
 
@@ -295,6 +299,14 @@ impl RelayMetrics {
             ),
             labels,
         )?;
+        let broadcasts = IntCounterVec::new(
+            Opts::new(
+                "eventstream_ws_broadcasts_total",
+                "Broadcast records delivered, counted once per client they were queued to",
+            ),
+            labels,
+        )?;
+        registry.register(Box::new(broadcasts.clone()))?;
         registry.register(Box::new(snapshot_evictions.clone()))?;
         registry.register(Box::new(snapshot_channels.clone()))?;
         registry.register(Box::new(connections.clone()))?;
@@ -333,6 +345,8 @@ impl RelayMetrics {
             retention_gap_offsets: retention_gap_offsets.with_label_values(&[stream]),
             snapshot_evictions: snapshot_evictions.with_label_values(&[stream]),
             snapshot_channels: snapshot_channels.with_label_values(&[stream]),
+            filter: super::filter::FilterCounters::new(registry, stream)?,
+            broadcasts: broadcasts.with_label_values(&[stream]),
             stream: stream.to_string(),
         })
     }

@@ -2,6 +2,7 @@
 //!
 //! - [`channel`]: which channel a record belongs to (pure).
 //! - [`record`]: a consumed record and its shared, encode-once wire frames (pure).
+//! - [`filter`]: CEL subscription filters over a record's variables (pure).
 //! - [`protocol`]: client requests and server control frames in JSON and protobuf (pure).
 //! - [`client`]: one subscriber's bounded queue and slow-client policy.
 //! - [`hub`]: sharded subscriptions and delivery; never waits on a client.
@@ -18,6 +19,7 @@ pub mod channel;
 pub mod client;
 pub mod consumer;
 pub mod contact;
+pub mod filter;
 pub mod hub;
 pub mod metrics;
 pub mod protocol;
@@ -172,7 +174,13 @@ impl Relay {
                 metrics.snapshot_channels.clone(),
             )
         });
-        let hub = Arc::new(Hub::with_snapshot(snapshot));
+        let hub = Arc::new(
+            Hub::with_snapshot(snapshot)
+                .with_metrics(metrics.filter.clone(), metrics.broadcasts.clone())
+                .with_progress(hub::ProgressRule::for_replay_limit(
+                    config.websocket.replay_max_messages,
+                )),
+        );
         let replayer = Arc::new(Replayer::new(
             base.clone(),
             config.topic.clone(),

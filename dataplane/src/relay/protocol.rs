@@ -27,6 +27,10 @@ pub struct SubscribeOptions {
     /// Last seen offset per partition: resume after these positions (replay from Kafka, then
     /// live), and never send anything at or below them again.
     pub since: Option<Positions>,
+    /// A CEL predicate over each record (`docs/protocol.md`, [`super::filter`]): only records
+    /// for which it is `true` are delivered. Compiled by the session, so every transport only
+    /// carries the text.
+    pub filter: Option<Arc<str>>,
 }
 
 impl SubscribeOptions {
@@ -35,7 +39,14 @@ impl SubscribeOptions {
         Self {
             channel: channel.into(),
             since: None,
+            filter: None,
         }
+    }
+
+    /// Only the records for which the CEL expression `filter` holds.
+    pub fn filter(mut self, filter: impl Into<Arc<str>>) -> Self {
+        self.filter = Some(filter.into());
+        self
     }
 
     /// Resuming after `since`.
@@ -97,6 +108,8 @@ pub enum ErrorCode {
     AuthDisabled,
     /// The connection's token expired (30 s leeway included); the connection closes (4001).
     TokenExpired,
+    /// A subscription `filter` that does not compile, is too long or too costly.
+    InvalidFilter,
 }
 
 impl ErrorCode {
@@ -116,6 +129,7 @@ impl ErrorCode {
             ErrorCode::Unauthorized => "unauthorized",
             ErrorCode::AuthDisabled => "auth_disabled",
             ErrorCode::TokenExpired => "token_expired",
+            ErrorCode::InvalidFilter => "invalid_filter",
         }
     }
 }
@@ -190,9 +204,21 @@ pub fn parse_json(text: &str) -> Result<Request, ProtocolError> {
                     ));
                 }
             };
+            let filter = match obj.get("filter") {
+                None | Some(Value::Null) => None,
+                Some(Value::String(f)) => Some(f.as_str().into()),
+                Some(_) => {
+                    return Err(ProtocolError::on(
+                        ErrorCode::InvalidFilter,
+                        &channel,
+                        "\"filter\" must be a string: a CEL expression such as data.cpu > 90.0",
+                    ));
+                }
+            };
             Ok(Request::Subscribe(SubscribeOptions {
                 channel: channel.into(),
                 since,
+                filter,
             }))
         }
         "unsubscribe" => Ok(Request::Unsubscribe {
@@ -286,6 +312,7 @@ pub fn parse_proto(bytes: &[u8]) -> Result<Request, ProtocolError> {
             Ok(Request::Subscribe(SubscribeOptions {
                 channel: s.channel.into(),
                 since: (!since.is_empty()).then_some(since),
+                filter: s.filter.map(Into::into),
             }))
         }
         Some(client_frame::Frame::Unsubscribe(u)) => {
@@ -328,6 +355,10 @@ pub enum ControlKind {
     /// A channel's last record, sent on subscribe when `snapshot` is on: an `event` frame
     /// queued ahead of the live records, not a delivery.
     Snapshot,
+    /// `progress`: a filtered subscription's positions moved past records it was not sent.
+    Progress,
+    /// `broadcast`: a record produced with the broadcast marker, for every client.
+    Broadcast,
 }
 
 impl ControlKind {
@@ -340,6 +371,8 @@ impl ControlKind {
             ControlKind::Pong => "pong",
             ControlKind::Authenticated => "authenticated",
             ControlKind::Snapshot => "event",
+            ControlKind::Progress => "progress",
+            ControlKind::Broadcast => "broadcast",
         }
     }
 }
@@ -391,6 +424,42 @@ pub fn subscribed(encoding: Encoding, channel: &str, positions: &Positions) -> C
             kind,
             ServerFrame::subscribed(channel, positions.iter().map(|(p, o)| (*p, *o))),
         ),
+    }
+}
+
+/// `progress {channel, positions}`: every record of a filtered subscription below `positions`
+/// (next offsets, as in `subscribed`) has been sent or dropped by its filter; a client resumes
+/// from `positions - 1` where that is past its last event (`docs/protocol.md`).
+pub fn progress(encoding: Encoding, channel: &str, positions: &Positions) -> Control {
+    let kind = ControlKind::Progress;
+    match encoding {
+        Encoding::Json => text(
+            kind,
+            json!({
+                "type": "progress", "channel": channel, "positions": positions_json(positions),
+            }),
+        ),
+        Encoding::Proto => binary(
+            kind,
+            ServerFrame::progress(channel, positions.iter().map(|(p, o)| (*p, *o))),
+        ),
+    }
+}
+
+/// `broadcast {partition, offset, timestamp, data}` of a record produced with the broadcast
+/// marker; JSON embeds `data` like an `event` (text as a string with `encoding`), protobuf
+/// carries the whole envelope.
+pub fn broadcast(encoding: Encoding, record: &super::record::Record) -> Control {
+    let kind = ControlKind::Broadcast;
+    match encoding {
+        Encoding::Json => Control {
+            kind,
+            frame: WireFrame::Text(record.json_broadcast().into()),
+        },
+        Encoding::Proto => Control {
+            kind,
+            frame: WireFrame::Binary(record.proto_broadcast().into()),
+        },
     }
 }
 
@@ -611,6 +680,38 @@ mod tests {
             ErrorCode::BadFrame
         );
         assert_eq!(code(r#"{"type":"auth","token":7}"#), ErrorCode::BadFrame);
+    }
+
+    #[test]
+    fn filters_travel_as_text_in_both_encodings() {
+        assert_eq!(
+            parse_json(r#"{"type":"subscribe","channel":"s","filter":"data.cpu > 90.0"}"#),
+            Ok(Request::Subscribe(
+                SubscribeOptions::new("s").filter("data.cpu > 90.0")
+            ))
+        );
+        let err = parse_json(r#"{"type":"subscribe","channel":"s","filter":7}"#)
+            .expect_err("not a string");
+        assert_eq!(
+            (err.code, err.channel.as_deref()),
+            (ErrorCode::InvalidFilter, Some("s"))
+        );
+        let bytes = ClientFrame::subscribe_filtered("s", [(0, 3)], "key == 'a'").encode_to_vec();
+        assert_eq!(
+            parse_proto(&bytes),
+            Ok(Request::Subscribe(
+                SubscribeOptions::new("s")
+                    .since([(0, 3)].into())
+                    .filter("key == 'a'")
+            ))
+        );
+        let WireFrame::Text(t) = progress(Encoding::Json, "s", &[(0, 7)].into()).frame else {
+            panic!()
+        };
+        assert_eq!(
+            serde_json::from_str::<Value>(t.as_str()).expect("json"),
+            json!({"type": "progress", "channel": "s", "positions": {"0": 7}})
+        );
     }
 
     #[test]

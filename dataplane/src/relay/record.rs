@@ -14,6 +14,11 @@ use eventstream_proto::v1::{Envelope, Header, PayloadEncoding, ServerFrame};
 
 use super::channel::ALL;
 
+/// Kafka header marking a record as a broadcast (any value; `POST /broadcast` sets `1`): it
+/// reaches every client of every bridge replica as a `broadcast` frame, whatever it subscribed
+/// to, and is never delivered as an event nor replayed (`docs/protocol.md`).
+pub const HEADER_BROADCAST: &str = "eventstream-broadcast";
+
 /// What a payload is, decided once per record.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum PayloadKind {
@@ -92,6 +97,9 @@ pub struct Record {
     pub kind: PayloadKind,
     /// When the bridge built this record from Kafka (for the latency stages).
     pub consumed_at: std::time::Instant,
+    /// Whether it carries the [`HEADER_BROADCAST`] marker: sent to every client as a
+    /// `broadcast` frame, never as an event, never replayed.
+    pub broadcast: bool,
     encoded: [OnceLock<WireFrame>; 4],
 }
 
@@ -108,7 +116,9 @@ impl Record {
         channel: Option<Arc<str>>,
         kind: PayloadKind,
     ) -> Self {
+        let broadcast = headers.iter().any(|(k, _)| k == HEADER_BROADCAST);
         Self {
+            broadcast,
             partition,
             offset,
             timestamp_ms,
@@ -171,6 +181,39 @@ impl Record {
                 out.push_str(r#","keyEncoding":"base64""#);
             }
         }
+        self.push_data(&mut out);
+        out.push('}');
+        out
+    }
+
+    /// The JSON `broadcast` frame, e.g.
+    /// `{"type":"broadcast","partition":0,"offset":7,"timestamp":1700000000000,"data":{…}}`.
+    pub fn json_broadcast(&self) -> String {
+        let mut out = String::with_capacity(self.payload.len() + 96);
+        let _ = write!(
+            out,
+            r#"{{"type":"broadcast","partition":{},"offset":{},"timestamp":"#,
+            self.partition, self.offset
+        );
+        match self.timestamp_ms {
+            Some(ts) => {
+                let _ = write!(out, "{ts}");
+            }
+            None => out.push_str("null"),
+        }
+        self.push_data(&mut out);
+        out.push('}');
+        out
+    }
+
+    /// The protobuf `ServerFrame` broadcast of this record.
+    pub fn proto_broadcast(&self) -> Vec<u8> {
+        let (envelope, encoding) = self.envelope();
+        ServerFrame::broadcast(envelope, encoding).encode_to_vec()
+    }
+
+    /// `,"data":…` (and `"encoding"` when the payload is not JSON).
+    fn push_data(&self, out: &mut String) {
         out.push_str(r#","data":"#);
         match self.kind {
             PayloadKind::Json => {
@@ -178,26 +221,26 @@ impl Record {
                 out.push_str(std::str::from_utf8(&self.payload).unwrap_or("null"))
             }
             PayloadKind::Text => {
-                push_json_str(
-                    &mut out,
-                    std::str::from_utf8(&self.payload).unwrap_or_default(),
-                );
+                push_json_str(out, std::str::from_utf8(&self.payload).unwrap_or_default());
                 out.push_str(r#","encoding":"text""#);
             }
             PayloadKind::Binary => {
                 push_json_str(
-                    &mut out,
+                    out,
                     &base64::engine::general_purpose::STANDARD.encode(&self.payload),
                 );
                 out.push_str(r#","encoding":"base64""#);
             }
         }
-        out.push('}');
-        out
     }
 
     /// The protobuf `ServerFrame` carrying this record.
     pub fn proto_event(&self, subscription: &str) -> Vec<u8> {
+        let (envelope, encoding) = self.envelope();
+        ServerFrame::event(subscription, envelope, encoding).encode_to_vec()
+    }
+
+    fn envelope(&self) -> (Envelope, PayloadEncoding) {
         let envelope = Envelope {
             key: self.key.as_ref().map(|k| k.to_vec()),
             payload: self.payload.to_vec(),
@@ -223,7 +266,7 @@ impl Record {
             PayloadKind::Text => PayloadEncoding::Text,
             PayloadKind::Binary => PayloadEncoding::Binary,
         };
-        ServerFrame::event(subscription, envelope, encoding).encode_to_vec()
+        (envelope, encoding)
     }
 }
 

@@ -14,6 +14,7 @@ use tokio::sync::{Semaphore, mpsc};
 use super::channel::{ALL, ChannelSource};
 use super::client::Client;
 use super::consumer::{RelayContext, assign_only, is_out_of_range, reassign, to_record};
+use super::filter::Filter;
 use super::metrics::RelayMetrics;
 use super::protocol::{self, ErrorCode, GapKind, Positions, ProtocolError};
 use super::record::Record;
@@ -78,6 +79,17 @@ pub fn plan(
     Ok(out)
 }
 
+/// What a resuming subscription asked for.
+#[derive(Debug)]
+pub struct Resume {
+    /// The subscription (channel or `*`).
+    pub name: Arc<str>,
+    /// Last offset seen per partition.
+    pub since: Positions,
+    /// Its compiled filter: replayed records pass it too.
+    pub filter: Option<Arc<Filter>>,
+}
+
 /// Runs resumes.
 pub struct Replayer {
     base: ClientConfig,
@@ -113,18 +125,22 @@ impl Replayer {
         }
     }
 
-    /// Replays `name` for `client` from `since` up to `live`, then makes it live. On an invalid
-    /// `since` the subscription is withdrawn with an `invalid_since` error; `unsubscribe` is
-    /// called for that.
+    /// Replays `resume.name` for `client` from `resume.since` up to `live`, then makes it live.
+    /// On an invalid `since` the subscription is withdrawn with an `invalid_since` error;
+    /// `unsubscribe` is called for that.
     pub async fn resume(
         self: Arc<Self>,
         client: Arc<Client>,
-        name: Arc<str>,
-        since: Positions,
+        resume: Resume,
         live: Positions,
         partitions: Positions,
         unsubscribe: impl FnOnce(&Client, &str),
     ) {
+        let Resume {
+            name,
+            since,
+            filter,
+        } = resume;
         let plan = match plan(&name, &since, &live, &partitions, self.max_messages) {
             Ok(plan) => plan,
             Err(err) => {
@@ -155,10 +171,12 @@ impl Replayer {
         };
         let (tx, mut rx) = mpsc::channel::<Step>(256);
         let this = self.clone();
-        let filter = name.clone();
+        let channel = name.clone();
         let ranges = plan.ranges.clone();
         let ahead = plan.ahead.clone();
-        let reader = tokio::task::spawn_blocking(move || this.read(&filter, ranges, ahead, tx));
+        let reader = tokio::task::spawn_blocking(move || {
+            this.read(&channel, filter.as_deref(), ranges, ahead, tx)
+        });
         let mut failed = false;
         let mut limited = plan.limited.is_some();
         let mut replayed = 0u64;
@@ -213,10 +231,12 @@ impl Replayer {
         client.control(protocol::error(client.encoding, &err));
     }
 
-    /// Blocking: reads the ranges and sends matching records, gaps and errors to `tx`.
+    /// Blocking: reads the ranges and sends matching records (of the channel, not broadcasts,
+    /// passing `filter`), gaps and errors to `tx`.
     fn read(
         &self,
         name: &str,
+        filter: Option<&Filter>,
         mut ranges: BTreeMap<i32, (i64, i64)>,
         ahead: Positions,
         tx: mpsc::Sender<Step>,
@@ -366,7 +386,12 @@ impl Replayer {
             } else if let Some(r) = ranges.get_mut(&p) {
                 r.0 = o + 1;
             }
-            let wanted = star || record.channel.as_deref() == Some(name);
+            let mut wanted = !record.broadcast && (star || record.channel.as_deref() == Some(name));
+            if wanted && let Some(filter) = filter {
+                let outcome = filter.evaluate(&super::filter::activation(&record));
+                self.metrics.filter.count(outcome);
+                wanted = outcome.delivers();
+            }
             if wanted && tx.blocking_send(Step::Record(Box::new(record))).is_err() {
                 return;
             }

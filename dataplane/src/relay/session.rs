@@ -23,6 +23,7 @@ use serde_json::json;
 
 use super::channel::{ALL, valid_channel};
 use super::client::{Client, Closed, Outbound};
+use super::filter::Filter;
 use super::metrics::{RelayMetrics, STAGES};
 use super::protocol::{
     self, Control, ErrorCode, Positions, ProtocolError, Request, SubscribeOptions,
@@ -150,6 +151,7 @@ impl Session {
             .as_ref()
             .and_then(|c| c.expires_at)
             .map(|exp| watch_expiry(&client, exp));
+        shared.hub.connect(&client);
         Self {
             shared,
             client,
@@ -239,7 +241,14 @@ impl Session {
                 ),
             ));
         }
-        let Some(registered) = shared.hub.subscribe(client, &options) else {
+        let filter = match &options.filter {
+            Some(text) => Some(match shared.hub.known_filter(channel, text) {
+                Some(filter) => filter,
+                None => Filter::compile(channel, text)?,
+            }),
+            None => None,
+        };
+        let Some(registered) = shared.hub.subscribe(client, &options, filter.clone()) else {
             return Err(ProtocolError::on(
                 ErrorCode::AlreadySubscribed,
                 channel,
@@ -253,8 +262,11 @@ impl Session {
             let partitions = shared.hub.partitions();
             tokio::spawn(shared.replayer.clone().resume(
                 client.clone(),
-                options.channel,
-                since,
+                super::replay::Resume {
+                    name: options.channel,
+                    since,
+                    filter,
+                },
                 registered.positions,
                 partitions,
                 move |client, name| {
@@ -352,6 +364,7 @@ impl Session {
     /// calls it as soon as it knows the connection ends, before a close handshake that may take
     /// a while.
     pub fn leave(&self) {
+        self.shared.hub.disconnect(self.client.id);
         self.shared.hub.remove_client(&self.client);
         self.shared
             .metrics
@@ -455,6 +468,19 @@ impl Batch<'_> {
                 }
             }
             Outbound::Control(control) => Frame::Control(control),
+            Outbound::Progress {
+                subscription,
+                positions,
+                control,
+            } => {
+                // Resume from just below the progress where that is past the last event.
+                let delivered = self.delivered.entry(subscription).or_default();
+                for (p, next) in positions.iter() {
+                    let at = delivered.entry(*p).or_insert(next - 1);
+                    *at = (*at).max(next - 1);
+                }
+                Frame::Control(control)
+            }
             Outbound::Gap {
                 subscription,
                 from,

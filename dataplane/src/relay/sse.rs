@@ -6,8 +6,9 @@
 //! resumes with the same no-gap/no-duplicate rule as WebSocket. `subscribed` carries such an id
 //! too. An id that left out a partition would make that partition resume live, and whatever
 //! was produced there while the client was away would never arrive (the id rule is in
-//! `docs/protocol.md`). Control frames are named events (`subscribed`, `gap`, `error`), by the
-//! kind they carry. The subscription, its checks and the delivery accounting are the
+//! `docs/protocol.md`). A filtered subscription's `progress` carries such an id as well, so an
+//! `EventSource` resumes past what its `&filter=` dropped. Control frames are named events
+//! (`subscribed`, `progress`, `gap`, `error`, `broadcast`), by the kind they carry. The subscription, its checks and the delivery accounting are the
 //! [`session`](super::session)'s; this module owns the SSE framing.
 
 use std::collections::{BTreeMap, VecDeque};
@@ -33,6 +34,7 @@ pub struct SseQuery {
     channel: Option<String>,
     since: Option<String>,
     token: Option<String>,
+    filter: Option<String>,
 }
 
 /// Parses `0:41,3:17` (also the SSE `id`).
@@ -129,6 +131,7 @@ pub async fn handler(
     let options = SubscribeOptions {
         channel: channel.clone(),
         since,
+        filter: query.filter.filter(|f| !f.is_empty()).map(Into::into),
     };
     if let Err(err) = session.subscribe(options) {
         let code = if err.code == ErrorCode::Forbidden {
@@ -262,10 +265,16 @@ impl Stream {
                         .id(format_positions(&self.seen))
                         .data(text_of(&frame))
                 }
-                Frame::Control(control) if control.kind == ControlKind::Subscribed => {
-                    // Live delivery starts at these positions: everything of the channel
-                    // below them was either replayed or is not the client's to see, so the
-                    // id moves to just below them on every partition the topic has.
+                Frame::Control(control)
+                    if matches!(
+                        control.kind,
+                        ControlKind::Subscribed | ControlKind::Progress
+                    ) =>
+                {
+                    // Live delivery starts at these positions (`subscribed`), or a filtered
+                    // subscription's filter dropped everything else below them (`progress`):
+                    // everything of the channel below them was either sent or is not the
+                    // client's to see, so the id moves to just below them on every partition.
                     if let Some(live) = subscribed_positions(&control.frame) {
                         advance(&mut self.seen, live.into_iter().map(|(p, o)| (p, o - 1)));
                     }
