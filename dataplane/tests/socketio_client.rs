@@ -463,3 +463,61 @@ fn a_killed_and_restarted_bridge_loses_nothing_and_repeats_nothing() {
         drop(bridge);
     });
 }
+
+/// A client may emit `subscribe` the moment it reads the namespace's connect packet, before
+/// any connect handler of the server has run: every such subscribe is answered. (Written at
+/// the Engine.IO level, as socket.io-client is not that fast; the bridge once registered its
+/// event handlers in the connect handler, and about one such subscribe in five found none.)
+#[test]
+fn a_subscribe_sent_right_after_the_connect_packet_is_answered() {
+    use futures::{SinkExt, StreamExt};
+    use tokio_tungstenite::tungstenite::Message;
+
+    async fn next_text(
+        ws: &mut tokio_tungstenite::WebSocketStream<
+            tokio_tungstenite::MaybeTlsStream<tokio::net::TcpStream>,
+        >,
+    ) -> String {
+        loop {
+            let msg = tokio::time::timeout(WAIT, ws.next())
+                .await
+                .expect("a frame in time")
+                .expect("open")
+                .expect("frame");
+            if let Message::Text(t) = msg {
+                if t.as_str() == "2" {
+                    ws.send(Message::Text("3".into())).await.expect("pong");
+                    continue;
+                }
+                return t.to_string();
+            }
+        }
+    }
+
+    on_multi_thread_runtime("socketio_subscribe_race", async {
+        let kafka = MockKafka::new(1).expect("mock cluster");
+        kafka.create_topic("t", 1, 1).expect("topic");
+        let bridge = Bridge::start(config(&kafka.bootstrap(), "t", "")).await;
+        let url = format!("ws://{}/socket.io/?EIO=4&transport=websocket", bridge.addr);
+        for i in 0..30 {
+            let (mut ws, _) = tokio_tungstenite::connect_async(url.as_str())
+                .await
+                .expect("connect");
+            assert!(next_text(&mut ws).await.starts_with('0'), "Engine.IO open");
+            ws.send(Message::Text("40".into())).await.expect("send");
+            assert!(
+                next_text(&mut ws).await.starts_with("40"),
+                "namespace connect"
+            );
+            ws.send(Message::Text(r#"421["subscribe","*"]"#.into()))
+                .await
+                .expect("send");
+            let ack = next_text(&mut ws).await;
+            assert!(
+                ack.starts_with("431[") && ack.contains(r#""channel":"*""#),
+                "connection {i}: the subscribe is acknowledged, got {ack}"
+            );
+        }
+        bridge.stop().await;
+    });
+}

@@ -162,15 +162,24 @@ fn accept(shared: &Arc<Shared>, socket: &SocketRef, auth: Option<Value>) -> Resu
         }),
         gone: CancellationToken::new(),
     });
+    // The handlers are in place before the namespace's connect packet goes out: a client may
+    // emit `subscribe` the moment it reads that packet, before any connect handler has run, and
+    // an event that finds no handler is dropped.
+    register(socket, &conn);
     socket.extensions.insert(conn);
     Ok(())
 }
 
-/// After [`accept`]: the socket's events, its disconnect, and its pump.
+/// After [`accept`]: the pump.
 async fn on_connect(socket: SocketRef) {
     let Some(conn) = socket.extensions.get::<Arc<Conn>>() else {
         return;
     };
+    tokio::spawn(pump::run(socket.clone(), conn));
+}
+
+/// The socket's events and its disconnect.
+fn register(socket: &SocketRef, conn: &Arc<Conn>) {
     let config = &conn.shared.config.socketio;
     let default = Delivery {
         event: config.event.as_str().into(),
@@ -255,7 +264,6 @@ async fn on_connect(socket: SocketRef) {
             }
         });
     }
-    tokio::spawn(pump::run(socket.clone(), conn));
 }
 
 /// An error: an `error` event (through the queue, in order with the records) and, when the
