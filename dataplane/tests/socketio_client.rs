@@ -521,3 +521,78 @@ fn a_subscribe_sent_right_after_the_connect_packet_is_answered() {
         bridge.stop().await;
     });
 }
+
+/// One connection limit for every transport (`limit: …` for the socket past it), and a
+/// bridge shutdown as on `/ws`: queued records first, then `error` `going_away` with where to
+/// resume, the connection released so the bridge stops within its grace period, and the
+/// client left to its stock reconnection.
+#[test]
+fn the_connection_limit_and_a_shutdown_are_those_of_ws() {
+    on_multi_thread_runtime("socketio_limit_shutdown", async {
+        let kafka = MockKafka::new(1).expect("mock cluster");
+        kafka.create_topic("t", 2, 1).expect("topic");
+        let bootstrap = kafka.bootstrap();
+        let bridge = Bridge::start(config(&bootstrap, "t", "maxConnections: 1")).await;
+        let url = format!("http://{}", bridge.addr);
+        let mut a = NodeClient::spawn(&json!({
+            "url": url, "joins": [{"event": "subscribe", "arg": "*"}],
+        }));
+        a.until("the subscription's ack", |l| {
+            l.iter().any(|l| l["t"] == "ack")
+        })
+        .await;
+        let mut b = NodeClient::spawn(&json!({"url": url}));
+        let lines = b
+            .until("connect_error", |l| {
+                l.iter().any(|l| l["t"] == "connect_error")
+            })
+            .await;
+        let refused = lines
+            .iter()
+            .find(|l| l["t"] == "connect_error")
+            .expect("error");
+        assert!(
+            refused["message"]
+                .as_str()
+                .unwrap_or_default()
+                .starts_with("limit: "),
+            "{refused}"
+        );
+        assert_eq!(
+            metric(
+                &bridge,
+                "eventstream_ws_connections_rejected_total",
+                "limit"
+            ),
+            1.0
+        );
+        drop(b);
+
+        let produced = produce_all(&bootstrap, &records(10, 2, "before")).await;
+        let events = a.until_events("event", produced.len()).await;
+        let last_resume = events.last().expect("events")[1]["resume"].clone();
+        bridge.stop().await;
+        let lines = a
+            .until("going_away", |l| {
+                l.iter().any(|l| {
+                    l["t"] == "event"
+                        && l["event"] == "error"
+                        && l["args"][0]["code"] == "going_away"
+                })
+            })
+            .await;
+        let going_away = lines
+            .iter()
+            .find(|l| l["t"] == "event" && l["event"] == "error")
+            .expect("going_away");
+        assert_eq!(
+            going_away["args"][0]["positions"]["*"], last_resume,
+            "where to resume: {going_away}"
+        );
+        a.until("the transport to close", |l| {
+            l.iter()
+                .any(|l| l["t"] == "disconnect" && l["reason"] != "io server disconnect")
+        })
+        .await;
+    });
+}

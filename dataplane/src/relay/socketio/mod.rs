@@ -24,6 +24,9 @@ pub mod request;
 use std::sync::Arc;
 
 use axum::Router;
+use axum::extract::Request;
+use axum::middleware::Next;
+use axum::routing::any_service;
 use parking_lot::Mutex;
 use serde_json::{Value, json};
 use socketioxide::SocketIo;
@@ -35,7 +38,7 @@ use super::Shared;
 use super::client::Client;
 use super::protocol::{self, ErrorCode, Positions, ProtocolError, SubscribeOptions};
 use super::record::Encoding;
-use super::session::{Session, Transport};
+use super::session::{Session, Transport, unavailable};
 use crate::auth::JwtVerifier;
 use delivery::{Answer, Delivery, Sub, Subs};
 use eventstream_crds::v1alpha1::SocketIoAlias;
@@ -63,8 +66,54 @@ pub fn route(router: Router<Arc<Shared>>, shared: &Arc<Shared>) -> Router<Arc<Sh
         }
     };
     io.ns("/", on_connect.with(admit));
-    router.route_service("/socket.io/", svc)
+    tokio::spawn(close_on_shutdown(io, shared.clone()));
+    // While the bridge drains, a new handshake gets a 503 (as a `/ws` upgrade does), which
+    // socket.io-client retries with its backoff; a `connect_error` from the handshake itself
+    // would stop it for good.
+    let draining = {
+        let shutdown = shared.shutdown.clone();
+        let shared = shared.clone();
+        axum::middleware::from_fn(move |request: Request, next: Next| {
+            let (shutdown, shared) = (shutdown.clone(), shared.clone());
+            async move {
+                if shutdown.is_cancelled() && is_handshake(&request) {
+                    return unavailable(&shared, "shutting_down", "the bridge is shutting down");
+                }
+                next.run(request).await
+            }
+        })
+    };
+    router.route("/socket.io/", any_service(svc).layer(draining))
 }
+
+/// An Engine.IO request that opens a new session (no `sid` yet).
+fn is_handshake(request: &Request) -> bool {
+    !request
+        .uri()
+        .query()
+        .unwrap_or_default()
+        .split('&')
+        .any(|pair| pair.starts_with("sid="))
+}
+
+/// At shutdown, once every socket's pump has written its queue and `going_away` (each releases
+/// its connection then), or after [`GOING_AWAY_GRACE`], closes every Engine.IO transport: the
+/// clients see a transport close and reconnect by themselves (to another replica), where a
+/// Socket.IO disconnect would leave them waiting for the application.
+async fn close_on_shutdown(io: SocketIo, shared: Arc<Shared>) {
+    let shutdown = shared.shutdown.clone();
+    let open = shared.metrics.connections_socketio.clone();
+    drop(shared);
+    shutdown.cancelled().await;
+    let deadline = tokio::time::Instant::now() + GOING_AWAY_GRACE;
+    while open.get() > 0 && tokio::time::Instant::now() < deadline {
+        tokio::time::sleep(std::time::Duration::from_millis(20)).await;
+    }
+    io.close().await;
+}
+
+/// How long the sockets' pumps get to say `going_away` before the transports close.
+pub const GOING_AWAY_GRACE: std::time::Duration = std::time::Duration::from_secs(2);
 
 /// A refused handshake: `connect_error` with `"<code>: <message>"`.
 #[derive(Debug)]

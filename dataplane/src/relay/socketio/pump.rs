@@ -4,8 +4,9 @@
 //! the slow-client policy of `/ws`). It ends the socket's session the way the queue says:
 //! a slow, not-reading or expired client gets an `error` event and a server disconnect; a
 //! bridge shutdown delivers what is queued, then an `error` `going_away` with the resume
-//! positions, and releases the connection while leaving the transport to die with the
-//! process, so that socket.io-client's stock reconnection comes back and resumes.
+//! positions, and releases the connection; the transport is then closed for every socket at
+//! once (`close_on_shutdown`), so that socket.io-client's stock reconnection comes back and
+//! resumes.
 
 use std::collections::BTreeMap;
 use std::sync::Arc;
