@@ -464,35 +464,54 @@ fn a_killed_and_restarted_bridge_loses_nothing_and_repeats_nothing() {
     });
 }
 
+/// The next text frame of a raw Engine.IO client, answering pings (`2`) on the way.
+async fn raw_next_text<S>(ws: &mut tokio_tungstenite::WebSocketStream<S>) -> String
+where
+    S: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin,
+{
+    use futures::{SinkExt, StreamExt};
+    use tokio_tungstenite::tungstenite::Message;
+    loop {
+        let msg = tokio::time::timeout(WAIT, ws.next())
+            .await
+            .expect("a frame in time")
+            .expect("open")
+            .expect("frame");
+        if let Message::Text(t) = msg {
+            if t.as_str() == "2" {
+                ws.send(Message::Text("3".into())).await.expect("pong");
+                continue;
+            }
+            return t.to_string();
+        }
+    }
+}
+
+/// Engine.IO open, then the default namespace's connect, at the protocol level.
+async fn raw_connect<S>(ws: &mut tokio_tungstenite::WebSocketStream<S>)
+where
+    S: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin,
+{
+    use futures::SinkExt;
+    use tokio_tungstenite::tungstenite::Message;
+    let open = raw_next_text(ws).await;
+    assert!(open.starts_with('0'), "Engine.IO open, got {open}");
+    ws.send(Message::Text("40".into())).await.expect("send");
+    let connect = raw_next_text(ws).await;
+    assert!(
+        connect.starts_with("40"),
+        "namespace connect, got {connect}"
+    );
+}
+
 /// A client may emit `subscribe` the moment it reads the namespace's connect packet, before
 /// any connect handler of the server has run: every such subscribe is answered. (Written at
 /// the Engine.IO level, as socket.io-client is not that fast; the bridge once registered its
 /// event handlers in the connect handler, and about one such subscribe in five found none.)
 #[test]
 fn a_subscribe_sent_right_after_the_connect_packet_is_answered() {
-    use futures::{SinkExt, StreamExt};
+    use futures::SinkExt;
     use tokio_tungstenite::tungstenite::Message;
-
-    async fn next_text(
-        ws: &mut tokio_tungstenite::WebSocketStream<
-            tokio_tungstenite::MaybeTlsStream<tokio::net::TcpStream>,
-        >,
-    ) -> String {
-        loop {
-            let msg = tokio::time::timeout(WAIT, ws.next())
-                .await
-                .expect("a frame in time")
-                .expect("open")
-                .expect("frame");
-            if let Message::Text(t) = msg {
-                if t.as_str() == "2" {
-                    ws.send(Message::Text("3".into())).await.expect("pong");
-                    continue;
-                }
-                return t.to_string();
-            }
-        }
-    }
 
     on_multi_thread_runtime("socketio_subscribe_race", async {
         let kafka = MockKafka::new(1).expect("mock cluster");
@@ -503,16 +522,11 @@ fn a_subscribe_sent_right_after_the_connect_packet_is_answered() {
             let (mut ws, _) = tokio_tungstenite::connect_async(url.as_str())
                 .await
                 .expect("connect");
-            assert!(next_text(&mut ws).await.starts_with('0'), "Engine.IO open");
-            ws.send(Message::Text("40".into())).await.expect("send");
-            assert!(
-                next_text(&mut ws).await.starts_with("40"),
-                "namespace connect"
-            );
+            raw_connect(&mut ws).await;
             ws.send(Message::Text(r#"421["subscribe","*"]"#.into()))
                 .await
                 .expect("send");
-            let ack = next_text(&mut ws).await;
+            let ack = raw_next_text(&mut ws).await;
             assert!(
                 ack.starts_with("431[") && ack.contains(r#""channel":"*""#),
                 "connection {i}: the subscribe is acknowledged, got {ack}"
@@ -594,5 +608,62 @@ fn the_connection_limit_and_a_shutdown_are_those_of_ws() {
                 .any(|l| l["t"] == "disconnect" && l["reason"] != "io server disconnect")
         })
         .await;
+    });
+}
+
+/// A Socket.IO client that reads nothing meets the slow-client policy of `/ws`: with
+/// `disconnect`, once more records are queued for it than `queueMessages`, the session ends
+/// (`eventstream_ws_closed_total{reason="slow_client"}`), its subscription leaves the hub and
+/// its connection is released.
+#[test]
+fn a_socket_that_stops_reading_meets_the_slow_client_policy() {
+    use futures::SinkExt;
+    use tokio_tungstenite::tungstenite::Message;
+
+    on_multi_thread_runtime("socketio_slow_client", async {
+        let kafka = MockKafka::new(1).expect("mock cluster");
+        kafka.create_topic("t", 1, 1).expect("topic");
+        let bootstrap = kafka.bootstrap();
+        let bridge = Bridge::start(config(
+            &bootstrap,
+            "t",
+            "queueMessages: 16, slowClientPolicy: disconnect",
+        ))
+        .await;
+        let mut ws =
+            relay_support::connect_stalling(bridge.addr, "/socket.io/?EIO=4&transport=websocket")
+                .await;
+        raw_connect(&mut ws).await;
+        ws.send(Message::Text(r#"42["subscribe","*"]"#.into()))
+            .await
+            .expect("send");
+        relay_support::eventually("the subscription", || {
+            bridge.metric("eventstream_ws_subscriptions") == 1.0
+        })
+        .await;
+        // From here on the client reads nothing.
+        let pad = "x".repeat(1000);
+        let batch: Vec<(Option<&str>, String)> = (0..200)
+            .map(|i| (Some("k"), format!(r#"{{"i":{i},"pad":"{pad}"}}"#)))
+            .collect();
+        let deadline = std::time::Instant::now() + WAIT;
+        while metric(&bridge, "eventstream_ws_closed_total", "slow_client") < 1.0 {
+            assert!(
+                std::time::Instant::now() < deadline,
+                "the stalled socket was never closed as a slow client"
+            );
+            produce(&bootstrap, "t", &batch).await.expect("produce");
+        }
+        relay_support::eventually("its connection released", || {
+            metric(
+                &bridge,
+                "eventstream_ws_connections",
+                "transport=\"socketio\"",
+            ) == 0.0
+        })
+        .await;
+        assert_eq!(bridge.metric("eventstream_ws_subscriptions"), 0.0);
+        drop(ws);
+        bridge.stop().await;
     });
 }

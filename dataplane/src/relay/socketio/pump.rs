@@ -20,7 +20,7 @@ use tokio::time::Instant;
 
 use super::Conn;
 use super::delivery::{self, Emit};
-use crate::relay::client::Closed;
+use crate::relay::client::{Client, Closed};
 use crate::relay::protocol;
 use crate::relay::record::Encoding;
 
@@ -33,10 +33,13 @@ enum Gone {
     Closed,
     /// Its buffer stayed full for `idleTimeout`: the client does not read.
     Stuck,
+    /// While it waited, the queue closed the client (policy `disconnect`, token expiry).
+    Queue(Closed),
 }
 
 async fn emit_one<T: Serialize + ?Sized>(
     socket: &SocketRef,
+    client: &Client,
     event: &str,
     data: &T,
     patience: Duration,
@@ -46,6 +49,11 @@ async fn emit_one<T: Serialize + ?Sized>(
         match socket.emit(event, data) {
             Ok(()) => return Ok(()),
             Err(SendError::Socket(SocketError::InternalChannelFull)) => {
+                // A writer blocked on a client that does not read must still notice that the
+                // queue closed the client, as on `/ws`.
+                if let Some(closed) = client.closed() {
+                    return Err(Gone::Queue(closed));
+                }
                 if start.elapsed() >= patience {
                     return Err(Gone::Stuck);
                 }
@@ -61,15 +69,22 @@ async fn emit_one<T: Serialize + ?Sized>(
     }
 }
 
-async fn send(socket: &SocketRef, emit: Emit, patience: Duration) -> Result<(), Gone> {
+async fn send(
+    socket: &SocketRef,
+    client: &Client,
+    emit: Emit,
+    patience: Duration,
+) -> Result<(), Gone> {
     match emit {
         Emit::Record { event, body, meta } => {
-            emit_one(socket, &event, &(&*body, &meta), patience).await
+            emit_one(socket, client, &event, &(&*body, &meta), patience).await
         }
-        Emit::Control { event, body } => emit_one(socket, event, &(&*body,), patience).await,
+        Emit::Control { event, body } => {
+            emit_one(socket, client, event, &(&*body,), patience).await
+        }
         Emit::Joined { event, ack, body } => {
             if let Some(event) = event {
-                emit_one(socket, &event, &(&body,), patience).await?;
+                emit_one(socket, client, &event, &(&body,), patience).await?;
             }
             if let Some(ack) = ack {
                 // Acks bypass the retry (one per join); a full buffer only loses this answer,
@@ -106,8 +121,9 @@ pub async fn run(socket: SocketRef, conn: Arc<Conn>) {
             };
             delivery::prepare(session, &mut state.subs, drained.items)
         };
+        let mut closed = drained.closed;
         for emit in emits {
-            match send(&socket, emit, patience).await {
+            match send(&socket, &client, emit, patience).await {
                 Ok(()) => {}
                 Err(Gone::Closed) => return,
                 Err(Gone::Stuck) => {
@@ -116,13 +132,17 @@ pub async fn run(socket: SocketRef, conn: Arc<Conn>) {
                     let _ = socket.clone().disconnect();
                     return;
                 }
+                Err(Gone::Queue(why)) => {
+                    closed = Some(why);
+                    break;
+                }
             }
         }
         if shutting_down {
             going_away(&socket, &conn).await;
             return;
         }
-        if let Some(closed) = drained.closed {
+        if let Some(closed) = closed {
             let (code, message) = match closed {
                 Closed::SlowClient => (
                     "slow_client",
@@ -136,7 +156,17 @@ pub async fn run(socket: SocketRef, conn: Arc<Conn>) {
             };
             shared.metrics.close(code);
             let error = json!({"type": "error", "code": code, "message": message});
-            let _ = emit_one(&socket, "error", &(&error,), Duration::from_secs(1)).await;
+            // Best effort: a client that does not read has no room for it. Its session ends
+            // either way; a disconnect that finds the buffer full leaves the transport to
+            // Engine.IO's ping timeout.
+            let _ = emit_one(
+                &socket,
+                &client,
+                "error",
+                &(&error,),
+                Duration::from_secs(1),
+            )
+            .await;
             conn.end();
             let _ = socket.clone().disconnect();
             return;
@@ -157,7 +187,14 @@ async fn going_away(socket: &SocketRef, conn: &Conn) {
         .collect();
     let frame = protocol::going_away(Encoding::Json, &resume);
     if let Some(body) = delivery::raw_frame(&frame.frame) {
-        let _ = emit_one(socket, "error", &(&*body,), Duration::from_secs(2)).await;
+        let _ = emit_one(
+            socket,
+            &conn.client,
+            "error",
+            &(&*body,),
+            Duration::from_secs(2),
+        )
+        .await;
     }
     conn.end();
 }
