@@ -18,7 +18,7 @@ use crate::duration::serde_str;
 use crate::pointer;
 use crate::v1alpha1::{
     ChannelSpec, Compression, EnrichSpec, JwtAlgorithm, PayloadFormat, SaslMechanism,
-    SecurityProtocol, SlowClientPolicy, StartFrom, Timescale,
+    SecurityProtocol, SlowClientPolicy, SocketIoSpec, StartFrom, Timescale,
 };
 
 /// Environment variable holding the Kafka SASL username.
@@ -242,6 +242,10 @@ pub struct WebSocketConfig {
     /// Idle timeout.
     #[serde(default = "defaults::idle_timeout", with = "serde_str")]
     pub idle_timeout: Duration,
+    /// Socket.IO on `/socket.io/`. Left out of the YAML at its default, so that adding the key
+    /// changed no rendered ConfigMap.
+    #[serde(default, skip_serializing_if = "SocketIoSpec::is_default")]
+    pub socketio: SocketIoSpec,
 }
 
 impl Default for WebSocketConfig {
@@ -260,6 +264,7 @@ impl Default for WebSocketConfig {
             max_frame_bytes: defaults::max_frame_bytes(),
             ping_interval: defaults::ping_interval(),
             idle_timeout: defaults::idle_timeout(),
+            socketio: SocketIoSpec::default(),
         }
     }
 }
@@ -560,6 +565,9 @@ impl DataplaneConfig {
                 ),
             );
         }
+        for (field, reason) in ws.socketio.problems() {
+            bad(&format!("websocket.socketio.{field}"), reason);
+        }
 
         if let Some(auth) = &self.auth {
             if auth.channels_claim.is_empty() {
@@ -738,6 +746,50 @@ topic: shop.clicks
 
     fn paths(text: &str) -> Vec<String> {
         problems(text).into_iter().map(|p| p.path).collect()
+    }
+
+    #[test]
+    fn socketio_is_on_by_default_left_out_of_yaml_and_its_names_are_checked() {
+        let config = DataplaneConfig::from_yaml(MINIMAL).expect("minimal");
+        assert!(config.websocket.socketio.enabled);
+        assert_eq!(config.websocket.socketio.event, "event");
+        let yaml = serde_yaml::to_string(&config).expect("yaml");
+        assert!(
+            !yaml.contains("socketio"),
+            "left out at its default:\n{yaml}"
+        );
+
+        let text = format!(
+            "{MINIMAL}websocket:\n  socketio:\n    event: connect\n    aliases:\n\
+             \x20     - {{ join: join_dashboard, channel: '*', ack: dashboard_joined, event: new_event, payload: payload }}\n\
+             \x20     - {{ join: join_dashboard, event: x }}\n\
+             \x20     - {{ join: subscribe, event: '' }}\n\
+             \x20     - {{ join: j, channel: '', ack: disconnect, event: e }}\n"
+        );
+        assert_eq!(
+            paths(&text),
+            [
+                "websocket.socketio.event",
+                "websocket.socketio.aliases[1].join",
+                "websocket.socketio.aliases[2].join",
+                "websocket.socketio.aliases[2].event",
+                "websocket.socketio.aliases[3].ack",
+                "websocket.socketio.aliases[3].channel",
+            ]
+        );
+        let good = format!(
+            "{MINIMAL}websocket: {{ socketio: {{ aliases: [{{ join: join_dashboard, channel: '*', ack: dashboard_joined, event: new_event, payload: payload }}] }} }}\n"
+        );
+        let config = DataplaneConfig::from_yaml(&good).expect("valid");
+        assert_eq!(
+            config.websocket.socketio.aliases,
+            [SocketIoSpec::seed_001_dashboard()]
+        );
+        let yaml = serde_yaml::to_string(&config).expect("yaml");
+        assert_eq!(
+            DataplaneConfig::from_yaml(&yaml).expect("round trip"),
+            config
+        );
     }
 
     #[test]

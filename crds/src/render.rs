@@ -155,6 +155,7 @@ pub fn dataplane_config(
         max_frame_bytes: ws.max_frame_bytes,
         ping_interval: parse_duration("websocket.pingInterval", &ws.ping_interval)?,
         idle_timeout: parse_duration("websocket.idleTimeout", &ws.idle_timeout)?,
+        socketio: ws.socketio.clone(),
     };
 
     let auth = spec.auth.as_ref().map(|a| AuthConfig {

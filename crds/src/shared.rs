@@ -340,3 +340,155 @@ mod tests {
         }
     }
 }
+
+/// Socket.IO v4 on the bridge's `/socket.io/` (`websocket.socketio`; `docs/socketio.md`):
+/// channels are rooms joined with `subscribe`, and `aliases` map a front end's own join events
+/// (seed 001's `join_dashboard`) onto a subscription, so that front end keeps its code.
+#[derive(JsonSchema, Serialize, Deserialize, Clone, Debug, PartialEq, Eq)]
+#[serde(rename_all = "camelCase")]
+pub struct SocketIoSpec {
+    /// Serve Socket.IO on `/socket.io/` (with `/ws` and `/sse`; off when the fan-out is off).
+    #[serde(default = "socketio_enabled")]
+    pub enabled: bool,
+    /// The event name records are pushed as on subscriptions made with `subscribe`.
+    #[serde(default = "socketio_event")]
+    #[schemars(length(min = 1, max = 128))]
+    pub event: String,
+    /// What those events carry: `event` (the protocol v1 event object) or `payload` (the
+    /// record's payload alone).
+    #[serde(default)]
+    pub payload: SocketIoPayload,
+    /// Join events of existing front ends, each mapped onto a subscription.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    #[schemars(length(max = 32))]
+    pub aliases: Vec<SocketIoAlias>,
+}
+
+fn socketio_enabled() -> bool {
+    true
+}
+
+fn socketio_event() -> String {
+    "event".into()
+}
+
+impl Default for SocketIoSpec {
+    fn default() -> Self {
+        Self {
+            enabled: true,
+            event: socketio_event(),
+            payload: SocketIoPayload::default(),
+            aliases: Vec::new(),
+        }
+    }
+}
+
+impl SocketIoSpec {
+    /// Whether this is the default (left out of rendered configs, so adding the key changed
+    /// no ConfigMap).
+    pub fn is_default(&self) -> bool {
+        *self == Self::default()
+    }
+
+    /// Seed 001's front end: `join_dashboard` (no argument) joins `*`, is answered with
+    /// `dashboard_joined`, and its sockets get `new_event` carrying the bare payload.
+    pub fn seed_001_dashboard() -> SocketIoAlias {
+        SocketIoAlias {
+            join: "join_dashboard".into(),
+            channel: Some("*".into()),
+            ack: Some("dashboard_joined".into()),
+            event: "new_event".into(),
+            payload: SocketIoPayload::Payload,
+        }
+    }
+
+    /// Problems with the names, as `(field under socketio, reason)`: empty or reserved event
+    /// names, and a join event used twice or equal to `subscribe`/`unsubscribe`.
+    pub fn problems(&self) -> Vec<(String, String)> {
+        let mut out = Vec::new();
+        if let Err(e) = check_event_name(&self.event) {
+            out.push(("event".into(), e));
+        }
+        let mut joins = std::collections::BTreeSet::new();
+        for (i, alias) in self.aliases.iter().enumerate() {
+            let at = |f: &str| format!("aliases[{i}].{f}");
+            if let Err(e) = check_event_name(&alias.join) {
+                out.push((at("join"), e));
+            } else if matches!(alias.join.as_str(), "subscribe" | "unsubscribe") {
+                out.push((at("join"), "subscribe and unsubscribe are built in".into()));
+            } else if !joins.insert(alias.join.as_str()) {
+                out.push((at("join"), format!("{:?} is listed twice", alias.join)));
+            }
+            if let Err(e) = check_event_name(&alias.event) {
+                out.push((at("event"), e));
+            }
+            if let Some(ack) = &alias.ack
+                && let Err(e) = check_event_name(ack)
+            {
+                out.push((at("ack"), e));
+            }
+            if alias.channel.as_deref() == Some("") {
+                out.push((
+                    at("channel"),
+                    "must not be empty (leave it out to take the channel from the argument)".into(),
+                ));
+            }
+        }
+        out
+    }
+}
+
+/// Events that socket.io-client keeps for itself: a server event by one of these names never
+/// reaches the application's handler.
+pub const SOCKETIO_RESERVED_EVENTS: [&str; 6] = [
+    "connect",
+    "connect_error",
+    "disconnect",
+    "disconnecting",
+    "newListener",
+    "removeListener",
+];
+
+fn check_event_name(name: &str) -> Result<(), String> {
+    if name.is_empty() || name.len() > 128 {
+        return Err("an event name is 1 to 128 bytes".into());
+    }
+    if SOCKETIO_RESERVED_EVENTS.contains(&name) {
+        return Err(format!("{name:?} is reserved by Socket.IO"));
+    }
+    Ok(())
+}
+
+/// What a Socket.IO record event carries.
+#[derive(JsonSchema, Serialize, Deserialize, Clone, Copy, Debug, PartialEq, Eq, Default)]
+#[serde(rename_all = "camelCase")]
+pub enum SocketIoPayload {
+    /// The protocol v1 event object (`channel`, `partition`, `offset`, `data`, …).
+    #[default]
+    Event,
+    /// The record's payload alone (JSON as is, text as a string, binary as base64).
+    Payload,
+}
+
+/// A front end's join event mapped onto a subscription.
+#[derive(JsonSchema, Serialize, Deserialize, Clone, Debug, PartialEq, Eq)]
+#[serde(rename_all = "camelCase")]
+pub struct SocketIoAlias {
+    /// The event the front end emits to join, e.g. `join_dashboard`.
+    #[schemars(length(min = 1, max = 128))]
+    pub join: String,
+    /// The channel it joins (`*`: every record). Left out: the channel is the event's
+    /// argument (a string, or an object with a `channel`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub channel: Option<String>,
+    /// The event that answers the join, e.g. `dashboard_joined` (an acknowledgement callback,
+    /// when the front end passes one, is answered too).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub ack: Option<String>,
+    /// The event name the joined records are pushed as, e.g. `new_event`.
+    #[schemars(length(min = 1, max = 128))]
+    pub event: String,
+    /// What those events carry.
+    #[serde(default)]
+    pub payload: SocketIoPayload,
+}

@@ -16,8 +16,9 @@ use serde::{Deserialize, Serialize};
 use crate::defaults;
 pub use crate::shared::{
     ChannelSpec, Compression, DURATION_PATTERN, EnrichSpec, JSON_POINTER_PATTERN, JwtAlgorithm,
-    PayloadFormat, SaslMechanism, SecurityProtocol, SlowClientPolicy, StartFrom,
-    TABLE_NAME_PATTERN, TOPIC_NAME_PATTERN, Timescale,
+    PayloadFormat, SOCKETIO_RESERVED_EVENTS, SaslMechanism, SecurityProtocol, SlowClientPolicy,
+    SocketIoAlias, SocketIoPayload, SocketIoSpec, StartFrom, TABLE_NAME_PATTERN,
+    TOPIC_NAME_PATTERN, Timescale,
 };
 
 /// Longest `metadata.name` of an EventStream: its objects are named `<name>-bridge`,
@@ -303,6 +304,9 @@ pub struct WebSocketSpec {
     #[serde(default = "defaults::text::idle_timeout")]
     #[schemars(regex(pattern = DURATION_PATTERN))]
     pub idle_timeout: String,
+    /// Socket.IO v4 on `/socket.io/`, with the same limits, tokens and channels as `/ws`.
+    #[serde(default)]
+    pub socketio: SocketIoSpec,
 }
 
 impl Default for WebSocketSpec {
@@ -320,6 +324,7 @@ impl Default for WebSocketSpec {
             max_frame_bytes: defaults::MAX_FRAME_BYTES,
             ping_interval: defaults::PING_INTERVAL.into(),
             idle_timeout: defaults::IDLE_TIMEOUT.into(),
+            socketio: SocketIoSpec::default(),
         }
     }
 }

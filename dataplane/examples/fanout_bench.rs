@@ -19,8 +19,15 @@
 //! `--pin 0:1` pins the bridge process (every thread: broker, consumer, Tokio workers) to CPU 0
 //! and the clients to CPU 1 (`taskset`), so that neither steals the other's core.
 //!
+//! `--transport socketio` runs the same scenarios with Socket.IO clients (`/socket.io/`,
+//! Engine.IO v4 over WebSocket, `subscribe` to `*`, records as `event(v1 event, meta)`) instead
+//! of protocol v1 clients on `/ws`: the same load, for the row of `docs/benchmarks.md` that
+//! compares them. The Socket.IO client is a minimal one written here (open, connect the
+//! default namespace, answer pings), so that both runs spend the same client code per frame.
+//!
 //! ```sh
 //! cargo run --release -p eventstream-dataplane --example fanout_bench
+//! cargo run --release -p eventstream-dataplane --example fanout_bench -- --scenarios 1000x50 --transport socketio
 //! cargo run --release -p eventstream-dataplane --example fanout_bench -- --scenarios 1000x500,10000x50 --seconds 10
 //! cargo run --release -p eventstream-dataplane --example fanout_bench -- --scenarios 10000x50 --pin 0:1
 //! cargo run --release -p eventstream-dataplane --example fanout_bench -- --scenarios 10000x50,10000x50f1,10000x50f100,10000x50f10000
@@ -177,6 +184,80 @@ impl Histogram {
     }
 }
 
+/// Which clients the bench runs.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Transport {
+    /// Protocol v1 on `/ws`.
+    Ws,
+    /// Socket.IO v4 on `/socket.io/`, WebSocket transport.
+    SocketIo,
+}
+
+impl Transport {
+    fn parse(text: Option<String>) -> Result<Self> {
+        match text.as_deref() {
+            None | Some("ws") => Ok(Self::Ws),
+            Some("socketio") => Ok(Self::SocketIo),
+            Some(other) => bail!("--transport is ws or socketio, not {other}"),
+        }
+    }
+
+    fn name(self) -> &'static str {
+        match self {
+            Self::Ws => "ws",
+            Self::SocketIo => "socketio",
+        }
+    }
+}
+
+type ClientWs =
+    tokio_tungstenite::WebSocketStream<tokio_tungstenite::MaybeTlsStream<tokio::net::TcpStream>>;
+
+/// The next text frame, answering Engine.IO pings (`2`) on the way.
+async fn next_text(ws: &mut ClientWs) -> Result<String> {
+    loop {
+        match ws.next().await {
+            Some(Ok(Message::Text(t))) if t.as_str() == "2" => {
+                ws.send(Message::Text("3".into())).await?;
+            }
+            Some(Ok(Message::Text(t))) => return Ok(t.to_string()),
+            Some(Ok(_)) => continue,
+            Some(Err(e)) => return Err(e.into()),
+            None => bail!("closed during the handshake"),
+        }
+    }
+}
+
+/// Opens one client and subscribes it to `*`.
+async fn open_client(url: &str, transport: Transport, filter: Option<&str>) -> Result<ClientWs> {
+    let (mut ws, _) = tokio_tungstenite::connect_async(url).await?;
+    match transport {
+        Transport::Ws => {
+            let mut subscribe = serde_json::json!({"type": "subscribe", "channel": "*"});
+            if let Some(filter) = filter {
+                subscribe["filter"] = filter.into();
+            }
+            ws.send(Message::Text(subscribe.to_string().into())).await?;
+        }
+        Transport::SocketIo => {
+            // Engine.IO open (`0{…}`), then the default namespace (`40` → `40{sid}`), then
+            // `subscribe` as a Socket.IO event (`42[…]`).
+            let open = next_text(&mut ws).await?;
+            if !open.starts_with('0') {
+                bail!("expected the Engine.IO open packet, got {open}");
+            }
+            ws.send(Message::Text("40".into())).await?;
+            let connect = next_text(&mut ws).await?;
+            if !connect.starts_with("40") {
+                bail!("namespace connect refused: {connect}");
+            }
+            ws.send(Message::Text(r#"42["subscribe","*"]"#.into()))
+                .await?;
+        }
+    }
+    Ok(ws)
+}
+
 fn clients_main() -> Result<()> {
     let url = arg("--url").context("--url")?;
     let n: usize = arg("--clients").context("--clients")?.parse()?;
@@ -184,6 +265,10 @@ fn clients_main() -> Result<()> {
         .map(|f| f.parse())
         .transpose()?
         .unwrap_or(0);
+    let transport = Transport::parse(arg("--transport"))?;
+    if filters > 0 && transport != Transport::Ws {
+        bail!("--filters is measured with --transport ws only");
+    }
     let rt = tokio::runtime::Builder::new_multi_thread()
         .worker_threads(1)
         .enable_all()
@@ -194,24 +279,23 @@ fn clients_main() -> Result<()> {
         let histogram = Arc::new(Histogram::new());
         let mut tasks = Vec::with_capacity(n);
         for i in 0..n {
-            let (mut ws, _) = tokio_tungstenite::connect_async(url.as_str())
+            let filter = (filters > 0).then(|| format!("data.i >= -{}", i % filters));
+            let mut ws = open_client(&url, transport, filter.as_deref())
                 .await
                 .with_context(|| format!("client {i} connects"))?;
-            let subscribe = if filters > 0 {
-                format!(
-                    r#"{{"type":"subscribe","channel":"*","filter":"data.i >= -{}"}}"#,
-                    i % filters
-                )
-            } else {
-                r#"{"type":"subscribe","channel":"*"}"#.to_string()
-            };
-            ws.send(Message::Text(subscribe.into())).await?;
             let received = received.clone();
             let counting = counting.clone();
             let histogram = histogram.clone();
             tasks.push(tokio::spawn(async move {
                 while let Some(Ok(msg)) = ws.next().await {
                     let Message::Text(text) = msg else { continue };
+                    if transport == Transport::SocketIo && text.as_str() == "2" {
+                        // Engine.IO ping.
+                        if ws.send(Message::Text("3".into())).await.is_err() {
+                            break;
+                        }
+                        continue;
+                    }
                     let Some(pos) = text.find(r#""t":"#) else {
                         continue;
                     };
@@ -329,6 +413,7 @@ fn bench_main() -> Result<()> {
         }
     }
     let client_cpus = pin.map(|p| p.1);
+    let transport = Transport::parse(arg("--transport"))?;
     eventstream_dataplane::relay::metrics::STAGES.enable();
     let kafka = eventstream_testkit::MockKafka::new(1)?;
     kafka.create_topic("bench", 6, 1)?;
@@ -349,7 +434,13 @@ fn bench_main() -> Result<()> {
         let shutdown = tokio_util::sync::CancellationToken::new();
         let registry = prometheus::Registry::new();
         let running = eventstream_dataplane::bridge::start(config, registry.clone(), shutdown.clone()).await?;
-        let url = format!("ws://{}/ws", running.local_addr);
+        let url = match transport {
+            Transport::Ws => format!("ws://{}/ws", running.local_addr),
+            Transport::SocketIo => format!(
+                "ws://{}/socket.io/?EIO=4&transport=websocket",
+                running.local_addr
+            ),
+        };
         let producer: FutureProducer = eventstream_testkit::kafka::producer_config(&bootstrap)
             .set("linger.ms", "1")
             .create()?;
@@ -357,7 +448,10 @@ fn bench_main() -> Result<()> {
         for (clients, rate, filters) in &scenarios {
             rows.push(
                 scenario(
-                    &url,
+                    &Target {
+                        url: &url,
+                        transport,
+                    },
                     (*clients, *rate, *filters),
                     seconds,
                     &producer,
@@ -454,7 +548,13 @@ fn bench_main() -> Result<()> {
         );
     }
     println!(
-        "\n{seconds} s per scenario; broker: librdkafka mock cluster in the bridge process; clients: one child process (1 thread); pinning: {}; {} CPUs.",
+        "\n{seconds} s per scenario; clients: {} ({}); broker: librdkafka mock cluster in the bridge process; clients: one child process (1 thread); pinning: {}; {} CPUs.",
+        transport.name(),
+        match transport {
+            Transport::Ws => "protocol v1 JSON on /ws",
+            Transport::SocketIo =>
+                "Socket.IO v4 over WebSocket on /socket.io/; the writer stage ends at the hand-off to socketioxide",
+        },
         arg("--pin")
             .map(|p| format!(
                 "bridge process on CPU {}, clients on CPU {}",
@@ -512,14 +612,21 @@ fn bucket_quantile(before: &[(f64, u64)], after: &[(f64, u64)], q: f64) -> f64 {
     f64::INFINITY
 }
 
+/// Where the clients connect, and as what.
+struct Target<'a> {
+    url: &'a str,
+    transport: Transport,
+}
+
 async fn scenario(
-    url: &str,
+    target: &Target<'_>,
     (clients, rate, filters): (usize, u64, usize),
     seconds: u64,
     producer: &FutureProducer,
     registry: &prometheus::Registry,
     client_cpus: Option<&str>,
 ) -> Result<Row> {
+    let (url, transport) = (target.url, target.transport);
     let pid = std::process::id();
     let before = rss_kib(pid);
     let exe = std::env::current_exe()?;
@@ -539,6 +646,8 @@ async fn scenario(
             url,
             "--clients",
             &clients.to_string(),
+            "--transport",
+            transport.name(),
             "--filters",
             &filters.to_string(),
         ])

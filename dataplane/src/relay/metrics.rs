@@ -125,6 +125,8 @@ pub struct RelayMetrics {
     pub connections_ws: IntGauge,
     /// Open SSE connections.
     pub connections_sse: IntGauge,
+    /// Open Socket.IO connections (sockets on the default namespace).
+    pub connections_socketio: IntGauge,
     /// Connections refused before upgrade, by reason.
     pub rejected: IntCounterVec,
     /// Current subscriptions.
@@ -173,7 +175,7 @@ impl RelayMetrics {
         let connections = IntGaugeVec::new(
             Opts::new(
                 "eventstream_ws_connections",
-                "Open WebSocket and SSE connections",
+                "Open WebSocket, SSE and Socket.IO connections",
             ),
             &["stream", "transport"],
         )?;
@@ -328,6 +330,7 @@ impl RelayMetrics {
         Ok(Self {
             connections_ws: connections.with_label_values(&[stream, "websocket"]),
             connections_sse: connections.with_label_values(&[stream, "sse"]),
+            connections_socketio: connections.with_label_values(&[stream, "socketio"]),
             rejected,
             subscriptions: subscriptions.with_label_values(&[stream]),
             consumed: consumed.with_label_values(&[stream]),

@@ -13,7 +13,8 @@
 //! - [`session`]: one client session whatever its transport: admission, requests and
 //!   subscriptions ([`protocol::SubscribeOptions`] from transport to hub to client), delivery
 //!   accounting.
-//! - [`ws`], [`sse`]: the two transports, each only its wire; [`metrics`]: Prometheus metrics.
+//! - [`ws`], [`sse`], [`socketio`]: the transports, each only its wire; [`metrics`]:
+//!   Prometheus metrics.
 
 pub mod channel;
 pub mod client;
@@ -27,6 +28,7 @@ pub mod record;
 pub mod replay;
 pub mod session;
 pub mod snapshot;
+pub mod socketio;
 pub mod sse;
 pub mod ws;
 
@@ -231,7 +233,7 @@ impl Relay {
         self.shared.clone()
     }
 
-    /// `/ws`, `/sse`, `/health` and `/stats`.
+    /// `/ws`, `/sse`, `/socket.io/`, `/health` and `/stats`.
     pub fn routes(&self) -> Router {
         let mut router = Router::new()
             .route("/health", get(health))
@@ -240,6 +242,9 @@ impl Relay {
             router = router
                 .route("/ws", get(ws::handler))
                 .route("/sse", get(sse::handler));
+            if self.shared.config.socketio.enabled {
+                router = socketio::route(router, &self.shared);
+            }
         }
         router.with_state(self.shared.clone())
     }
@@ -349,6 +354,7 @@ async fn stats(State(shared): State<Arc<Shared>>) -> impl IntoResponse {
         "connections": {
             "websocket": m.connections_ws.get(),
             "sse": m.connections_sse.get(),
+            "socketio": m.connections_socketio.get(),
         },
         "subscriptions": shared.hub.subscription_count(),
         "recordsConsumed": m.consumed.get(),

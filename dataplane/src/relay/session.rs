@@ -39,6 +39,8 @@ pub enum Transport {
     WebSocket,
     /// `GET /sse`.
     Sse,
+    /// Socket.IO on `/socket.io/`.
+    SocketIo,
 }
 
 impl Transport {
@@ -46,6 +48,7 @@ impl Transport {
         match self {
             Transport::WebSocket => &metrics.connections_ws,
             Transport::Sse => &metrics.connections_sse,
+            Transport::SocketIo => &metrics.connections_socketio,
         }
     }
 }
@@ -177,18 +180,7 @@ impl Session {
     pub fn handle(&mut self, request: Result<Request, ProtocolError>) {
         let result = match request {
             Ok(Request::Subscribe(options)) => self.subscribe(options),
-            Ok(Request::Unsubscribe { channel }) => {
-                if self.shared.hub.unsubscribe(&self.client, &channel) {
-                    self.shared.metrics.subscriptions.dec();
-                    Ok(())
-                } else {
-                    Err(ProtocolError::on(
-                        ErrorCode::NotSubscribed,
-                        &channel,
-                        "not subscribed to this channel",
-                    ))
-                }
-            }
+            Ok(Request::Unsubscribe { channel }) => self.unsubscribe(&channel),
             Ok(Request::Ping { id }) => {
                 self.client
                     .control(protocol::pong(self.client.encoding, id.as_ref()));
@@ -277,6 +269,20 @@ impl Session {
             ));
         }
         Ok(())
+    }
+
+    /// Ends the subscription to `channel`.
+    pub fn unsubscribe(&self, channel: &str) -> Result<(), ProtocolError> {
+        if self.shared.hub.unsubscribe(&self.client, channel) {
+            self.shared.metrics.subscriptions.dec();
+            Ok(())
+        } else {
+            Err(ProtocolError::on(
+                ErrorCode::NotSubscribed,
+                channel,
+                "not subscribed to this channel",
+            ))
+        }
     }
 
     /// Replaces the connection's token with `token`, checked exactly as at the upgrade (the

@@ -228,7 +228,7 @@ async fn next(mut st: Stream) -> Option<(Result<Event, Infallible>, Stream)> {
 /// `subscribed`'s `positions` (next offsets), read back from the frame the hub or the
 /// replayer encoded: SSE always speaks JSON, and reading the frame keeps the shared control
 /// type free of a field only this transport needs.
-fn subscribed_positions(frame: &WireFrame) -> Option<Positions> {
+pub(crate) fn subscribed_positions(frame: &WireFrame) -> Option<Positions> {
     #[derive(Deserialize)]
     struct Subscribed {
         positions: BTreeMap<String, i64>,
@@ -242,7 +242,7 @@ fn subscribed_positions(frame: &WireFrame) -> Option<Positions> {
 }
 
 /// Moves `seen` forward to `to` (never back: a `since` ahead of this bridge stays a floor).
-fn advance(seen: &mut Positions, to: impl IntoIterator<Item = (i32, i64)>) {
+pub(crate) fn advance(seen: &mut Positions, to: impl IntoIterator<Item = (i32, i64)>) {
     for (p, o) in to {
         let at = seen.entry(p).or_insert(o);
         *at = (*at).max(o);

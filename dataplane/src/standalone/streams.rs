@@ -11,6 +11,7 @@ use std::path::{Path, PathBuf};
 
 use anyhow::Context as _;
 use eventstream_crds::config::{DataplaneConfig, SinkConfig};
+use eventstream_crds::v1alpha1::SocketIoSpec;
 
 /// A placeholder bootstrap list, replaced once the broker's address is known.
 pub const PLACEHOLDER_BOOTSTRAP: &str = "127.0.0.1:9092";
@@ -177,16 +178,24 @@ pub fn from_flags(name: &str, key_field: Option<&str>) -> anyhow::Result<Datapla
 }
 
 /// The default stream, shaped like the README's example: sim-racing telemetry keyed by
-/// session, the session as the channel.
+/// session, the session as the channel. Its Socket.IO carries seed 001's dashboard alias
+/// (`join_dashboard` → `dashboard_joined`, records as `new_event` with the bare payload), so
+/// that front end works against `standalone` with nothing configured.
 pub fn default_stream() -> DataplaneConfig {
     let mut text = base(DEFAULT_STREAM);
     text.push_str(
         "ingest: {keyField: /sessionId, requiredFields: [eventType, sessionId, timestamp]}\n",
     );
-    match DataplaneConfig::from_yaml(&text) {
+    let mut config = match DataplaneConfig::from_yaml(&text) {
         Ok(c) => c,
         Err(e) => panic!("the built-in default stream is valid: {e}"),
-    }
+    };
+    config
+        .websocket
+        .socketio
+        .aliases
+        .push(SocketIoSpec::seed_001_dashboard());
+    config
 }
 
 /// A sink section for a stream that has none: table named after the stream.
@@ -230,6 +239,12 @@ mod tests {
         assert_eq!(c.topic, "telemetry");
         assert_eq!(c.ingest.key_field.as_deref(), Some("/sessionId"));
         assert!(c.sink.is_none());
+        // Seed 001's dashboard works against it unchanged.
+        let alias = &c.websocket.socketio.aliases;
+        assert_eq!(alias.len(), 1);
+        assert_eq!(alias[0].join, "join_dashboard");
+        assert_eq!(alias[0].channel.as_deref(), Some("*"));
+        assert!(c.validate().is_empty(), "{:?}", c.validate());
     }
 
     #[test]
