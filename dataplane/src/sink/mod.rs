@@ -12,11 +12,14 @@
 //! - [`connect`]: the URL with libpq's TLS parameters, opening sessions, connection errors.
 //! - [`tls`]: rustls client configurations for libpq's `sslmode`s.
 //! - [`schema`]: the events table, its shape check, TimescaleDB, `eventstream_offsets`.
-//! - [`writer`]: the transaction per batch (offset fence, `COPY`, dead letters, commit).
+//! - [`backend`]: the seam: what a storage backend does (write a batch, say where to resume) and
+//!   the task that serves the consumer's commands to it.
+//! - [`writer`]: the PostgreSQL backend, the transaction per batch (offset fence, `COPY`, dead letters, commit).
 //! - [`dead_letter`]: producing dead letters with their headers.
 //! - [`consumer`]: the consumer-group member, positioning, pausing and batching.
 //! - [`backoff`], [`metrics`], [`error`].
 
+pub mod backend;
 pub mod backoff;
 pub mod batch;
 pub mod connect;
@@ -41,6 +44,7 @@ use tokio_util::sync::CancellationToken;
 pub use error::SinkError;
 
 use crate::server;
+use backend::Backend;
 use backoff::Backoff;
 use consumer::{ConsumerParts, Flags, Settings};
 use dead_letter::DeadLetters;
@@ -149,8 +153,8 @@ pub async fn run_with(
     // unreachable database is waited for without holding partitions.
     let mut backoff = Backoff::new(Duration::from_millis(500), Duration::from_secs(30));
     loop {
-        match writer.connect().await {
-            Ok(_) => break,
+        match writer.prepare().await {
+            Ok(()) => break,
             Err(e) if e.is_retryable() => {
                 metrics.database_error(e.kind());
                 let delay = backoff.next_delay();
@@ -167,7 +171,7 @@ pub async fn run_with(
 
     let (commands, command_rx) = tokio::sync::mpsc::channel(2);
     let (outcome_tx, outcomes) = std::sync::mpsc::channel();
-    let writer_task = tokio::spawn(writer.run(command_rx, outcome_tx));
+    let writer_task = tokio::spawn(backend::serve(writer, command_rx, outcome_tx));
 
     let parts = ConsumerParts {
         settings: Settings {

@@ -1,4 +1,4 @@
-//! The database side: one PostgreSQL session that writes batches exactly once and answers where
+//! The PostgreSQL [`Backend`]: one session that writes batches exactly once and answers where
 //! each partition must resume.
 //!
 //! A batch is one transaction:
@@ -27,6 +27,7 @@ use tokio_postgres::error::SqlState;
 use tokio_postgres::{Client, Statement, Transaction};
 
 use super::SinkError;
+use super::backend::{Backend, Committed, Watermarks};
 use super::batch::Batch;
 use super::connect::{self, Endpoint, SessionTls};
 use super::copy;
@@ -57,48 +58,8 @@ pub struct Target {
     pub offset_reset: Option<OffsetReset>,
 }
 
-/// A committed batch.
-#[derive(Debug, Clone, Default, PartialEq, Eq)]
-pub struct Committed {
-    /// The stored `next_offset` of each partition of the batch after the commit.
-    pub next: BTreeMap<i32, i64>,
-    /// Rows written.
-    pub rows: u64,
-    /// Dead letters sent.
-    pub dead_letters: u64,
-    /// Records skipped because PostgreSQL already had them.
-    pub skipped: u64,
-}
-
-/// A request to the writer task.
-pub enum Command {
-    /// Write a batch; the result goes to the outcome channel.
-    Write(Batch),
-    /// Look up (and seed) the stored positions of partitions, given the (low, high) watermarks
-    /// Kafka reported for them: a stored position past the high watermark means the topic was
-    /// deleted and created again, and the partition starts again from its low watermark (see
-    /// [`Writer::positions`]).
-    Positions(
-        Vec<i32>,
-        Watermarks,
-        std::sync::mpsc::Sender<Result<BTreeMap<i32, i64>, SinkError>>,
-    ),
-}
-
-/// `(low, high)` watermarks by partition, for the partitions Kafka answered for.
-pub type Watermarks = BTreeMap<i32, (i64, i64)>;
-
 /// The `reason` of a position reset the sink made because the topic was re-created.
 pub const RESET_TOPIC_RECREATED: &str = "topic_recreated";
-
-/// The result of a [`Command::Write`].
-#[derive(Debug)]
-pub struct Outcome {
-    /// The batch's generation.
-    pub generation: u64,
-    /// What happened.
-    pub result: Result<Committed, SinkError>,
-}
 
 struct Statements {
     lock: Statement,
@@ -658,30 +619,23 @@ impl Writer {
         committed.dead_letters = letters.len() as u64;
         Ok(committed)
     }
+}
 
-    /// Serves commands until the channel closes, sending write outcomes to `outcomes`.
-    pub async fn run(
-        mut self,
-        mut commands: tokio::sync::mpsc::Receiver<Command>,
-        outcomes: std::sync::mpsc::Sender<Outcome>,
-    ) {
-        while let Some(command) = commands.recv().await {
-            match command {
-                Command::Write(batch) => {
-                    let result = self.write(&batch).await;
-                    let outcome = Outcome {
-                        generation: batch.generation,
-                        result,
-                    };
-                    if outcomes.send(outcome).is_err() {
-                        break;
-                    }
-                }
-                Command::Positions(partitions, watermarks, reply) => {
-                    let _ = reply.send(self.positions(&partitions, &watermarks).await);
-                }
-            }
-        }
+impl Backend for Writer {
+    async fn prepare(&mut self) -> Result<(), SinkError> {
+        self.connect().await.map(|_| ())
+    }
+
+    async fn positions(
+        &mut self,
+        partitions: &[i32],
+        watermarks: &Watermarks,
+    ) -> Result<BTreeMap<i32, i64>, SinkError> {
+        Writer::positions(self, partitions, watermarks).await
+    }
+
+    async fn write(&mut self, batch: &Batch) -> Result<Committed, SinkError> {
+        Writer::write(self, batch).await
     }
 }
 
