@@ -15,6 +15,8 @@
 //! - [`backend`]: the seam: what a storage backend does (write a batch, say where to resume) and
 //!   the task that serves the consumer's commands to it.
 //! - [`writer`]: the PostgreSQL backend, the transaction per batch (offset fence, `COPY`, dead letters, commit).
+//! - [`upsert`]: current-state tables (`mode: Upsert`): the key, which record is newer, one
+//!   change per key.
 //! - [`dead_letter`]: producing dead letters with their headers.
 //! - [`consumer`]: the consumer-group member, positioning, pausing and batching.
 //! - [`backoff`], [`metrics`], [`error`].
@@ -31,6 +33,7 @@ pub mod metrics;
 pub mod record;
 pub mod schema;
 pub mod tls;
+pub mod upsert;
 pub mod writer;
 
 use std::sync::atomic::Ordering;
@@ -38,6 +41,7 @@ use std::time::Duration;
 
 use anyhow::Context as _;
 use eventstream_crds::config::{DataplaneConfig, ENV_POSTGRES_URL};
+use eventstream_crds::v1alpha1::SinkMode;
 use prometheus::Registry;
 use tokio_util::sync::CancellationToken;
 
@@ -146,6 +150,10 @@ pub async fn run_with(
         timescale: sink.timescale,
         payload: sink.payload,
         offset_reset: sink.offset_reset.clone(),
+        upsert: match sink.mode {
+            SinkMode::Append => None,
+            SinkMode::Upsert => Some(sink.upsert.clone().unwrap_or_default()),
+        },
     };
     let mut writer = Writer::new(endpoint, target, dead_letters, metrics.clone());
 
