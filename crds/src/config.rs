@@ -18,7 +18,7 @@ use crate::duration::serde_str;
 use crate::pointer;
 use crate::v1alpha1::{
     ChannelSpec, Compression, EnrichSpec, JwtAlgorithm, PayloadFormat, SaslMechanism,
-    SecurityProtocol, SlowClientPolicy, SocketIoSpec, StartFrom, Timescale,
+    SecurityProtocol, SinkMode, SlowClientPolicy, SocketIoSpec, StartFrom, Timescale, UpsertSpec,
 };
 
 /// Environment variable holding the Kafka SASL username.
@@ -317,6 +317,12 @@ pub struct SinkConfig {
     pub dead_letter_topic: String,
     /// Consumer group.
     pub consumer_group: String,
+    /// `Append` (default) or `Upsert` (one row per key, the newest record).
+    #[serde(default, skip_serializing_if = "SinkMode::is_append")]
+    pub mode: SinkMode,
+    /// Key and tombstones of `mode: Upsert`; only with it.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub upsert: Option<UpsertSpec>,
     /// A one-shot reset of the stored positions, written by the operator; see [`OffsetReset`].
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub offset_reset: Option<OffsetReset>,
@@ -599,6 +605,31 @@ impl DataplaneConfig {
             if sink.consumer_group.is_empty() {
                 bad("sink.consumerGroup", "must not be empty".into());
             }
+            match (&sink.upsert, sink.mode) {
+                (Some(_), SinkMode::Append) => bad(
+                    "sink.upsert",
+                    "applies to mode: Upsert only; set sink.mode: Upsert or remove it".into(),
+                ),
+                (Some(upsert), SinkMode::Upsert) => {
+                    if let Some(field) = &upsert.key_field {
+                        if let Err(e) = pointer::check(field) {
+                            bad("sink.upsert.keyField", e.to_string());
+                        } else if sink.payload == PayloadFormat::Binary {
+                            bad(
+                                "sink.upsert.keyField",
+                                "needs payload: json (a binary payload has no fields); use the Kafka key".into(),
+                            );
+                        }
+                    }
+                }
+                (None, _) => {}
+            }
+            if sink.mode == SinkMode::Upsert && sink.timescale == Timescale::Enabled {
+                bad(
+                    "sink.timescale",
+                    "a current-state table (mode: Upsert) is never a hypertable: its rows move in time; use Auto or Disabled".into(),
+                );
+            }
             if let Some(reset) = &sink.offset_reset {
                 if reset.id.trim().is_empty() {
                     bad("sink.offsetReset.id", "must not be empty".into());
@@ -736,6 +767,37 @@ topic: shop.clicks
         assert!(config.to_yaml().contains("kafkaUnreadyAfter: 5s"));
         let too_short = format!("{MINIMAL}server: {{ kafkaUnreadyAfter: 500ms }}\n");
         assert_eq!(paths(&too_short), ["server.kafkaUnreadyAfter"]);
+    }
+
+    #[test]
+    fn upsert_settings_are_checked_and_left_out_at_their_defaults() {
+        let sink = "sink: { table: t, deadLetterTopic: shop.clicks.dlq, consumerGroup: g";
+        let config = DataplaneConfig::from_yaml(&format!("{MINIMAL}{sink} }}\n")).expect("valid");
+        let yaml = config.to_yaml();
+        assert!(!yaml.contains("mode") && !yaml.contains("upsert"), "{yaml}");
+
+        let text = format!(
+            "{MINIMAL}{sink}, mode: upsert, upsert: {{ keyField: /animeId, tombstones: Ignore }} }}\n"
+        );
+        let config = DataplaneConfig::from_yaml(&text).expect("valid");
+        let s = config.sink.as_ref().expect("sink");
+        assert_eq!(s.mode, SinkMode::Upsert);
+        assert_eq!(
+            s.upsert.as_ref().and_then(|u| u.key_field.as_deref()),
+            Some("/animeId")
+        );
+        let again = DataplaneConfig::from_yaml(&config.to_yaml()).expect("valid");
+        assert_eq!(config, again);
+        assert!(config.to_yaml().contains("mode: Upsert"));
+
+        let text = format!("{MINIMAL}{sink}, upsert: {{ keyField: /a }} }}\n");
+        assert_eq!(paths(&text), ["sink.upsert"]);
+        let text = format!("{MINIMAL}{sink}, mode: Upsert, upsert: {{ keyField: a }} }}\n");
+        assert_eq!(paths(&text), ["sink.upsert.keyField"]);
+        let text = format!(
+            "{MINIMAL}{sink}, mode: Upsert, payload: binary, timescale: Enabled, upsert: {{ keyField: /a }} }}\n"
+        );
+        assert_eq!(paths(&text), ["sink.upsert.keyField", "sink.timescale"]);
     }
 
     fn problems(text: &str) -> Vec<FieldError> {

@@ -175,6 +175,8 @@ pub fn dataplane_config(
             max_rows: p.batch.max_rows,
             max_delay: parse_duration("persistence.batch.maxDelay", &p.batch.max_delay)?,
             payload: p.payload,
+            mode: p.postgres.mode,
+            upsert: p.postgres.upsert.clone(),
             dead_letter_topic: stream.dead_letter_topic(),
             consumer_group: stream.sink_group(),
             offset_reset: offset_reset(stream)?,
@@ -316,6 +318,27 @@ persistence:
             err.to_string().contains("sink.offsetReset.offsets"),
             "{err}"
         );
+    }
+
+    #[test]
+    fn an_upsert_table_reaches_the_sink_config_and_a_stray_upsert_is_refused() {
+        let es = stream(
+            "kafka: { bootstrapServers: 'k:1' }\npersistence: { postgres: { urlSecretRef: { name: db, key: url }, table: live, mode: Upsert, upsert: { keyField: /animeId } } }",
+        );
+        let sink = dataplane_config(&es, &RenderDefaults::default())
+            .expect("renders")
+            .sink
+            .expect("sink");
+        assert_eq!(sink.mode, crate::v1alpha1::SinkMode::Upsert);
+        assert_eq!(
+            sink.upsert.and_then(|u| u.key_field).as_deref(),
+            Some("/animeId")
+        );
+        let es = stream(
+            "kafka: { bootstrapServers: 'k:1' }\npersistence: { postgres: { urlSecretRef: { name: db, key: url }, table: t, upsert: { tombstones: Ignore } } }",
+        );
+        let err = dataplane_config(&es, &RenderDefaults::default()).expect_err("invalid");
+        assert!(err.to_string().contains("sink.upsert"), "{err}");
     }
 
     #[test]

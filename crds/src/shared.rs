@@ -248,6 +248,56 @@ pub enum PayloadFormat {
     Binary,
 }
 
+/// How the PostgreSQL sink stores records (`persistence.postgres.mode`, `sink.mode`).
+// CamelCase words like the other enums of the API (see `Timescale`); the lower-case spellings
+// of issue 18 are read too.
+#[derive(JsonSchema, Serialize, Deserialize, Clone, Copy, Debug, PartialEq, Eq, Default)]
+pub enum SinkMode {
+    /// Every record becomes a row, keyed by `(partition, offset)`.
+    #[default]
+    #[serde(alias = "append")]
+    Append,
+    /// One row per key with the newest record of that key, updated in place.
+    #[serde(alias = "upsert")]
+    Upsert,
+}
+
+impl SinkMode {
+    /// Whether this is the default (left out of generated configs).
+    pub fn is_append(&self) -> bool {
+        *self == Self::Append
+    }
+}
+
+/// What an upsert sink does with a tombstone (a record without payload).
+#[derive(JsonSchema, Serialize, Deserialize, Clone, Copy, Debug, PartialEq, Eq, Default)]
+pub enum Tombstones {
+    /// Delete the key's row (Kafka Connect's JDBC sink convention), unless the row holds a
+    /// newer record.
+    #[default]
+    Delete,
+    /// Leave the row as it is; the tombstone is counted as skipped.
+    Ignore,
+}
+
+/// The key and tombstone handling of `mode: Upsert`.
+#[derive(JsonSchema, Serialize, Deserialize, Clone, Debug, PartialEq, Eq, Default)]
+#[serde(rename_all = "camelCase")]
+pub struct UpsertSpec {
+    /// JSON pointer to the field whose value is the row's key (`/animeId`). Absent: the Kafka
+    /// key (the ingest's `keyField` sets it). A string value is the key as it is, a number or
+    /// boolean its JSON text; a record without the field goes to the dead-letter topic
+    /// (`no_upsert_key`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(regex(pattern = JSON_POINTER_PATTERN))]
+    pub key_field: Option<String>,
+    /// `Delete` (default): a tombstone deletes the key's row; `Ignore`: tombstones change
+    /// nothing. Tombstones are found by the Kafka key, so `Delete` with a `keyField` needs the
+    /// Kafka key to be that same value.
+    #[serde(default)]
+    pub tombstones: Tombstones,
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

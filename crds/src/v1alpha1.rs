@@ -16,9 +16,9 @@ use serde::{Deserialize, Serialize};
 use crate::defaults;
 pub use crate::shared::{
     ChannelSpec, Compression, DURATION_PATTERN, EnrichSpec, JSON_POINTER_PATTERN, JwtAlgorithm,
-    PayloadFormat, SOCKETIO_RESERVED_EVENTS, SaslMechanism, SecurityProtocol, SlowClientPolicy,
-    SocketIoAlias, SocketIoPayload, SocketIoSpec, StartFrom, TABLE_NAME_PATTERN,
-    TOPIC_NAME_PATTERN, Timescale,
+    PayloadFormat, SOCKETIO_RESERVED_EVENTS, SaslMechanism, SecurityProtocol, SinkMode,
+    SlowClientPolicy, SocketIoAlias, SocketIoPayload, SocketIoSpec, StartFrom, TABLE_NAME_PATTERN,
+    TOPIC_NAME_PATTERN, Timescale, Tombstones, UpsertSpec,
 };
 
 /// Longest `metadata.name` of an EventStream: its objects are named `<name>-bridge`,
@@ -428,8 +428,9 @@ pub struct PersistenceSpec {
 }
 
 /// The database and table of the sink.
-#[derive(JsonSchema, Serialize, Deserialize, Clone, Debug, PartialEq, Eq)]
+#[derive(KubeSchema, Serialize, Deserialize, Clone, Debug, PartialEq, Eq)]
 #[serde(rename_all = "camelCase")]
+#[x_kube(validation = Rule::new("!has(self.upsert) || (has(self.mode) && self.mode == 'Upsert')").message("persistence.postgres.upsert applies to mode: Upsert only"))]
 pub struct PostgresSpec {
     /// Secret key holding the connection URL (`postgres://user:pass@host:5432/db`). The URL is
     /// passed to the sink as an environment variable, never copied into a ConfigMap or status.
@@ -437,6 +438,14 @@ pub struct PostgresSpec {
     /// Table to write, optionally schema-qualified (`analytics.events`). Created when absent.
     #[schemars(regex(pattern = TABLE_NAME_PATTERN))]
     pub table: String,
+    /// `Append` (default): every record becomes a row, exactly once. `Upsert`: a current-state
+    /// table with one row per key holding the key's newest record (docs/persistence.md).
+    #[serde(default, skip_serializing_if = "SinkMode::is_append")]
+    pub mode: SinkMode,
+    /// The key and tombstone handling of `mode: Upsert` (default: the Kafka key, tombstones
+    /// delete). Only with `mode: Upsert`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub upsert: Option<UpsertSpec>,
     /// Certificates for TLS to PostgreSQL, mounted into the sink. The TLS mode is the URL's
     /// `sslmode` (`verify-full` to check the server; docs/persistence.md).
     #[serde(default, skip_serializing_if = "Option::is_none")]

@@ -255,6 +255,12 @@ fn cel_rules_refuse_inconsistent_specs() {
             json!({"ingest": {"maxBodyBytes": 4096, "maxBatchBytes": 1024}}),
             "ingest.maxBatchBytes must be at least",
         ),
+        (
+            json!({"persistence": {"postgres": {
+                "urlSecretRef": {"name": "db", "key": "url"}, "table": "t",
+                "upsert": {"tombstones": "Ignore"}}}}),
+            "persistence.postgres.upsert applies to mode: Upsert only",
+        ),
     ];
     for (spec, message) in cases {
         let errors = api_server_errors(&stream(spec.clone()), None);

@@ -4,7 +4,7 @@
 //! ```text
 //! cargo run --release -p eventstream-dataplane --example sink_bench -- \
 //!     [--rows 200000] [--batches 100,1000,5000,20000] [--payload 200] [--durable] \
-//!     [--mode writer|e2e|both] [--no-primary-key]
+//!     [--mode writer|e2e|both] [--no-primary-key] [--sink-modes append,upsert] [--keys 50000]
 //! ```
 //!
 //! - `writer`: batches built in memory and written by the sink's own writer (offset fence, binary
@@ -12,13 +12,18 @@
 //! - `e2e`: the whole sink in process (`sink::run_with`) reading a librdkafka mock cluster filled
 //!   beforehand, timed from the first row to the last, as seen by polling the table.
 //!
+//! `--sink-modes` runs each measurement for the append table, the current-state table
+//! (`mode: Upsert`: `COPY` into a staging table, one `INSERT … ON CONFLICT DO UPDATE … WHERE` per
+//! batch), or both. Records carry `--keys` distinct keys in turn, so with the default 50 000 keys
+//! a batch of up to 20 000 records has no key twice and every record is one row change.
+//!
 //! `--durable` keeps `fsync` and `synchronous_commit` on (the default test server has them off).
 
 use std::collections::BTreeMap;
 use std::time::{Duration, Instant};
 
 use eventstream_crds::config::DataplaneConfig;
-use eventstream_crds::v1alpha1::{PayloadFormat, Timescale};
+use eventstream_crds::v1alpha1::{PayloadFormat, SinkMode, Timescale, UpsertSpec};
 use eventstream_dataplane::sink::batch::{Batch, Slice};
 use eventstream_dataplane::sink::connect::Endpoint;
 use eventstream_dataplane::sink::dead_letter::DeadLetters;
@@ -37,6 +42,8 @@ struct Args {
     durable: bool,
     mode: String,
     primary_key: bool,
+    sink_modes: Vec<SinkMode>,
+    keys: usize,
 }
 
 fn args() -> anyhow::Result<Args> {
@@ -47,6 +54,8 @@ fn args() -> anyhow::Result<Args> {
         durable: false,
         mode: "both".into(),
         primary_key: true,
+        sink_modes: vec![SinkMode::Append, SinkMode::Upsert],
+        keys: 50_000,
     };
     let mut it = std::env::args().skip(1);
     while let Some(flag) = it.next() {
@@ -66,6 +75,17 @@ fn args() -> anyhow::Result<Args> {
             "--mode" => a.mode = value()?,
             "--durable" => a.durable = true,
             "--no-primary-key" => a.primary_key = false,
+            "--keys" => a.keys = value()?.parse::<usize>()?.max(1),
+            "--sink-modes" => {
+                a.sink_modes = value()?
+                    .split(',')
+                    .map(|m| match m {
+                        "append" => Ok(SinkMode::Append),
+                        "upsert" => Ok(SinkMode::Upsert),
+                        other => Err(anyhow::anyhow!("unknown sink mode {other}")),
+                    })
+                    .collect::<Result<_, _>>()?
+            }
             other => anyhow::bail!("unknown argument {other}"),
         }
     }
@@ -86,12 +106,12 @@ fn payload(i: usize, size: usize) -> Vec<u8> {
     out
 }
 
-fn reset(pg: &TestPostgres, primary_key: bool) -> anyhow::Result<()> {
+fn reset(pg: &TestPostgres, primary_key: bool, mode: SinkMode) -> anyhow::Result<()> {
     pg.psql(
         "postgres",
         "DROP TABLE IF EXISTS frames; DROP TABLE IF EXISTS eventstream_offsets",
     )?;
-    if !primary_key {
+    if !primary_key && mode == SinkMode::Append {
         pg.psql(
             "postgres",
             r#"CREATE TABLE frames ("partition" integer NOT NULL, "offset" bigint NOT NULL, key text,
@@ -102,8 +122,13 @@ fn reset(pg: &TestPostgres, primary_key: bool) -> anyhow::Result<()> {
     Ok(())
 }
 
-async fn bench_writer(pg: &TestPostgres, a: &Args, batch_rows: usize) -> anyhow::Result<f64> {
-    reset(pg, a.primary_key)?;
+async fn bench_writer(
+    pg: &TestPostgres,
+    a: &Args,
+    batch_rows: usize,
+    mode: SinkMode,
+) -> anyhow::Result<f64> {
+    reset(pg, a.primary_key, mode)?;
     let registry = prometheus::Registry::new();
     let metrics = SinkMetrics::register(&registry, "bench/frames")?;
     let mut kafka = rdkafka::ClientConfig::new();
@@ -116,6 +141,7 @@ async fn bench_writer(pg: &TestPostgres, a: &Args, batch_rows: usize) -> anyhow:
         timescale: Timescale::Auto,
         payload: PayloadFormat::Json,
         offset_reset: None,
+        upsert: (mode == SinkMode::Upsert).then(UpsertSpec::default),
     };
     let mut w = Writer::new(Endpoint::parse(&pg.url(), "url")?, target, dlq, metrics);
     w.connect().await?;
@@ -137,7 +163,7 @@ async fn bench_writer(pg: &TestPostgres, a: &Args, batch_rows: usize) -> anyhow:
             slice.entries.push(Entry::Row(Record {
                 partition: p as i32,
                 offset,
-                key: Some(format!("s-{}", i % 1000).into_bytes()),
+                key: Some(format!("s-{}", i % a.keys).into_bytes()),
                 payload: Some(payload(i, a.payload)),
                 headers: vec![],
                 timestamp_ms: now_ms + i as i64,
@@ -170,15 +196,20 @@ async fn count(client: &tokio_postgres::Client) -> i64 {
         .map_or(-1, |r| r.get(0))
 }
 
-async fn bench_e2e(pg: &TestPostgres, a: &Args, batch_rows: usize) -> anyhow::Result<f64> {
-    reset(pg, a.primary_key)?;
+async fn bench_e2e(
+    pg: &TestPostgres,
+    a: &Args,
+    batch_rows: usize,
+    mode: SinkMode,
+) -> anyhow::Result<f64> {
+    reset(pg, a.primary_key, mode)?;
     // The mock cluster keeps 5 MiB per partition; stay well under it.
     let partitions = ((a.rows * (a.payload + 100)) / (3 << 20) + 1).max(4) as i32;
     let kafka = MockKafka::new(1)?;
     kafka.create_topic("frames", partitions, 1)?;
     kafka.create_topic("frames.dlq", 1, 1)?;
     let records: Vec<(Option<String>, Vec<u8>)> = (0..a.rows)
-        .map(|i| (Some(format!("s-{}", i % 1000)), payload(i, a.payload)))
+        .map(|i| (Some(format!("s-{}", i % a.keys)), payload(i, a.payload)))
         .collect();
     for chunk in records.chunks(50_000) {
         eventstream_testkit::produce(&kafka.bootstrap(), "frames", chunk).await?;
@@ -189,7 +220,7 @@ async fn bench_e2e(pg: &TestPostgres, a: &Args, batch_rows: usize) -> anyhow::Re
 kafka: {{ bootstrapServers: '{}', properties: {{ fetch.wait.max.ms: '5' }} }}
 topic: frames
 server: {{ listen: '127.0.0.1:{port}' }}
-sink: {{ table: frames, maxRows: {batch_rows}, maxDelay: 1s, deadLetterTopic: frames.dlq, consumerGroup: bench }}
+sink: {{ table: frames, maxRows: {batch_rows}, maxDelay: 1s, deadLetterTopic: frames.dlq, consumerGroup: bench, mode: {mode:?} }}
 ",
         kafka.bootstrap()
     ))?;
@@ -230,19 +261,22 @@ async fn main() -> anyhow::Result<()> {
     let a = args()?;
     let pg = TestPostgres::builder().durable(a.durable).start()?;
     println!(
-        "rows={} payload={}B durable={} primary_key={} (PostgreSQL 15 on this machine)",
-        a.rows, a.payload, a.durable, a.primary_key
+        "rows={} payload={}B durable={} primary_key={} keys={} (PostgreSQL 15 on this machine)",
+        a.rows, a.payload, a.durable, a.primary_key, a.keys
     );
-    println!("| mode | batch rows | rows/s |");
-    println!("|---|---:|---:|");
+    println!("| path | sink mode | batch rows | records/s |");
+    println!("|---|---|---:|---:|");
     for &b in &a.batches {
-        if a.mode == "writer" || a.mode == "both" {
-            let r = bench_writer(&pg, &a, b).await?;
-            println!("| writer | {b} | {r:.0} |");
-        }
-        if a.mode == "e2e" || a.mode == "both" {
-            let r = bench_e2e(&pg, &a, b).await?;
-            println!("| e2e | {b} | {r:.0} |");
+        for &m in &a.sink_modes {
+            let name = format!("{m:?}");
+            if a.mode == "writer" || a.mode == "both" {
+                let r = bench_writer(&pg, &a, b, m).await?;
+                println!("| writer | {name} | {b} | {r:.0} |");
+            }
+            if a.mode == "e2e" || a.mode == "both" {
+                let r = bench_e2e(&pg, &a, b, m).await?;
+                println!("| e2e | {name} | {b} | {r:.0} |");
+            }
         }
     }
     Ok(())

@@ -27,11 +27,12 @@ use rdkafka::{ClientConfig, ClientContext, Message, Offset, TopicPartitionList};
 use tokio_util::sync::CancellationToken;
 
 use super::SinkError;
+use super::backend::{Command, Outcome, Watermarks};
 use super::backoff::Backoff;
 use super::batch::BatchBuilder;
 use super::metrics::SinkMetrics;
 use super::record::{Record, classify};
-use super::writer::{Command, Outcome, WRITE_TIMEOUT, Watermarks};
+use super::writer::WRITE_TIMEOUT;
 
 /// Batches handed to the writer and not yet answered: one being written, one waiting.
 const MAX_IN_FLIGHT: usize = 2;

@@ -51,15 +51,16 @@ fn put_field(buf: &mut BytesMut, value: Option<&[u8]>) {
     }
 }
 
-/// Appends one row for `record`. The record must have passed the poison rule
+/// Appends one row for `record` with `key` in the key column (the Kafka key for append, the
+/// upsert key for upsert). The record must have passed the poison rule
 /// ([`classify`](super::record::classify)).
-pub fn put_row(buf: &mut BytesMut, record: &Record, format: PayloadFormat) {
+pub fn put_row(buf: &mut BytesMut, record: &Record, key: Option<&[u8]>, format: PayloadFormat) {
     buf.put_i16(FIELDS);
     buf.put_i32(4);
     buf.put_i32(record.partition);
     buf.put_i32(8);
     buf.put_i64(record.offset);
-    put_field(buf, record.key.as_deref());
+    put_field(buf, key);
     buf.put_i32(8);
     buf.put_i64(timestamptz(record.timestamp_ms));
     match (&record.payload, format) {
@@ -110,7 +111,7 @@ mod tests {
             timestamp_ms: 946_684_800_000,
         };
         let mut buf = BytesMut::new();
-        put_row(&mut buf, &record, PayloadFormat::Json);
+        put_row(&mut buf, &record, None, PayloadFormat::Json);
         let want: Vec<u8> = [
             &6i16.to_be_bytes()[..],
             &4i32.to_be_bytes(),
@@ -128,7 +129,7 @@ mod tests {
         assert_eq!(&buf[..], &want[..]);
 
         let mut buf = BytesMut::new();
-        put_row(&mut buf, &record, PayloadFormat::Binary);
+        put_row(&mut buf, &record, None, PayloadFormat::Binary);
         assert_eq!(buf.len(), want.len() - 1, "bytea has no version byte");
     }
 }

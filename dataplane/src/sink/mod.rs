@@ -12,11 +12,16 @@
 //! - [`connect`]: the URL with libpq's TLS parameters, opening sessions, connection errors.
 //! - [`tls`]: rustls client configurations for libpq's `sslmode`s.
 //! - [`schema`]: the events table, its shape check, TimescaleDB, `eventstream_offsets`.
-//! - [`writer`]: the transaction per batch (offset fence, `COPY`, dead letters, commit).
+//! - [`backend`]: the seam: what a storage backend does (write a batch, say where to resume) and
+//!   the task that serves the consumer's commands to it.
+//! - [`writer`]: the PostgreSQL backend, the transaction per batch (offset fence, `COPY`, dead letters, commit).
+//! - [`upsert`]: current-state tables (`mode: Upsert`): the key, which record is newer, one
+//!   change per key.
 //! - [`dead_letter`]: producing dead letters with their headers.
 //! - [`consumer`]: the consumer-group member, positioning, pausing and batching.
 //! - [`backoff`], [`metrics`], [`error`].
 
+pub mod backend;
 pub mod backoff;
 pub mod batch;
 pub mod connect;
@@ -28,6 +33,7 @@ pub mod metrics;
 pub mod record;
 pub mod schema;
 pub mod tls;
+pub mod upsert;
 pub mod writer;
 
 use std::sync::atomic::Ordering;
@@ -35,12 +41,14 @@ use std::time::Duration;
 
 use anyhow::Context as _;
 use eventstream_crds::config::{DataplaneConfig, ENV_POSTGRES_URL};
+use eventstream_crds::v1alpha1::SinkMode;
 use prometheus::Registry;
 use tokio_util::sync::CancellationToken;
 
 pub use error::SinkError;
 
 use crate::server;
+use backend::Backend;
 use backoff::Backoff;
 use consumer::{ConsumerParts, Flags, Settings};
 use dead_letter::DeadLetters;
@@ -142,6 +150,10 @@ pub async fn run_with(
         timescale: sink.timescale,
         payload: sink.payload,
         offset_reset: sink.offset_reset.clone(),
+        upsert: match sink.mode {
+            SinkMode::Append => None,
+            SinkMode::Upsert => Some(sink.upsert.clone().unwrap_or_default()),
+        },
     };
     let mut writer = Writer::new(endpoint, target, dead_letters, metrics.clone());
 
@@ -149,8 +161,8 @@ pub async fn run_with(
     // unreachable database is waited for without holding partitions.
     let mut backoff = Backoff::new(Duration::from_millis(500), Duration::from_secs(30));
     loop {
-        match writer.connect().await {
-            Ok(_) => break,
+        match writer.prepare().await {
+            Ok(()) => break,
             Err(e) if e.is_retryable() => {
                 metrics.database_error(e.kind());
                 let delay = backoff.next_delay();
@@ -167,7 +179,7 @@ pub async fn run_with(
 
     let (commands, command_rx) = tokio::sync::mpsc::channel(2);
     let (outcome_tx, outcomes) = std::sync::mpsc::channel();
-    let writer_task = tokio::spawn(writer.run(command_rx, outcome_tx));
+    let writer_task = tokio::spawn(backend::serve(writer, command_rx, outcome_tx));
 
     let parts = ConsumerParts {
         settings: Settings {

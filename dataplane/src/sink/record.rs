@@ -49,6 +49,9 @@ pub enum PoisonReason {
     HeaderNotStorable,
     /// PostgreSQL refused the row (a constraint or data error of the table).
     RejectedByTable,
+    /// `mode: Upsert` and the record has no key to find its row by (no Kafka key, or the
+    /// `upsert.keyField` is missing, null, an object or an array).
+    NoUpsertKey,
 }
 
 impl PoisonReason {
@@ -61,6 +64,7 @@ impl PoisonReason {
             Self::KeyNotText => "key_not_text",
             Self::HeaderNotStorable => "header_not_storable",
             Self::RejectedByTable => "rejected_by_table",
+            Self::NoUpsertKey => "no_upsert_key",
         }
     }
 }

@@ -7,7 +7,7 @@
 //!
 //! `docs/persistence.md` documents the schema and the queries the indexes serve.
 
-use eventstream_crds::v1alpha1::{PayloadFormat, Timescale};
+use eventstream_crds::v1alpha1::{PayloadFormat, SinkMode, Timescale};
 use tokio_postgres::{Client, GenericClient};
 
 use super::SinkError;
@@ -142,12 +142,49 @@ pub fn plan_storage(
 
 /// The statements that create whatever is missing, in order. Everything is `IF NOT EXISTS`,
 /// so running them against a complete schema changes nothing.
-pub fn ddl(table: &TableName, storage: Storage, format: PayloadFormat) -> Vec<String> {
-    let t = table.sql();
+pub fn ddl(
+    table: &TableName,
+    storage: Storage,
+    format: PayloadFormat,
+    mode: SinkMode,
+) -> Vec<String> {
     let payload = match format {
         PayloadFormat::Json => "jsonb",
         PayloadFormat::Binary => "bytea",
     };
+    let mut out = match mode {
+        SinkMode::Append => events_ddl(table, storage, payload),
+        SinkMode::Upsert => current_state_ddl(table, payload),
+    };
+    out.extend(positions_ddl(table));
+    out
+}
+
+/// The current-state table of `mode: Upsert`: one row per key. Always a plain table (a
+/// hypertable's unique keys must contain its time column, and a row's time moves).
+fn current_state_ddl(table: &TableName, payload: &str) -> Vec<String> {
+    let mut out = Vec::new();
+    if let Some(schema) = &table.schema {
+        out.push(format!("CREATE SCHEMA IF NOT EXISTS {}", quote(schema)));
+    }
+    out.push(format!(
+        "CREATE TABLE IF NOT EXISTS {t} (\n  \
+           key text NOT NULL,\n  \
+           \"partition\" integer NOT NULL,\n  \
+           \"offset\" bigint NOT NULL,\n  \
+           ts timestamptz NOT NULL,\n  \
+           payload {payload} NOT NULL,\n  \
+           headers jsonb,\n  \
+           updated_at timestamptz NOT NULL DEFAULT now(),\n  \
+           CONSTRAINT {pk} PRIMARY KEY (key)\n)",
+        t = table.sql(),
+        pk = quote(&table.primary_key()),
+    ));
+    out
+}
+
+fn events_ddl(table: &TableName, storage: Storage, payload: &str) -> Vec<String> {
+    let t = table.sql();
     let hypertable = matches!(storage, Storage::Hypertable { .. });
     // A hypertable's unique keys must contain its time column.
     let key = if hypertable {
@@ -192,6 +229,12 @@ pub fn ddl(table: &TableName, storage: Storage, format: PayloadFormat) -> Vec<St
         "CREATE INDEX IF NOT EXISTS {} ON {t} (key, ts DESC)",
         quote(&ident_limit(format!("{}_key_ts_idx", table.name)))
     ));
+    out
+}
+
+/// The positions, resets and owners tables, next to the events table.
+fn positions_ddl(table: &TableName) -> Vec<String> {
+    let mut out = Vec::new();
     out.push(format!(
         "CREATE TABLE IF NOT EXISTS {} (\n  \
            stream text NOT NULL,\n  \
@@ -336,12 +379,12 @@ pub struct Column {
 }
 
 /// Every reason an existing table cannot take the sink's rows; empty when it can.
-pub fn check_shape(columns: &[Column], format: PayloadFormat) -> Vec<String> {
+pub fn check_shape(columns: &[Column], format: PayloadFormat, mode: SinkMode) -> Vec<String> {
     let payload = match format {
         PayloadFormat::Json => "jsonb",
         PayloadFormat::Binary => "bytea",
     };
-    let wanted: [(&str, &[&str]); 6] = [
+    let base: [(&str, &[&str]); 6] = [
         ("partition", &["integer"]),
         ("offset", &["bigint"]),
         ("key", &["text", "character varying"]),
@@ -349,8 +392,13 @@ pub fn check_shape(columns: &[Column], format: PayloadFormat) -> Vec<String> {
         ("payload", &[payload]),
         ("headers", &["jsonb"]),
     ];
+    let mut wanted = base.to_vec();
+    if mode == SinkMode::Upsert {
+        // The upsert sets it on every update.
+        wanted.push(("updated_at", &["timestamp with time zone"]));
+    }
     let mut problems = Vec::new();
-    for (name, types) in wanted {
+    for (name, types) in wanted.iter().copied() {
         match columns.iter().find(|c| c.name == name) {
             None => problems.push(format!(
                 "column \"{name}\" is missing (want {})",
@@ -441,10 +489,11 @@ pub async fn recheck(
     client: &impl GenericClient,
     table: &TableName,
     format: PayloadFormat,
+    mode: SinkMode,
 ) -> Result<(), SinkError> {
     let problems = match columns(client, table).await? {
         None => vec!["the table no longer exists".to_string()],
-        Some(cols) => check_shape(&cols, format),
+        Some(cols) => check_shape(&cols, format, mode),
     };
     if problems.is_empty() {
         Ok(())
@@ -462,8 +511,9 @@ pub async fn prepare(
     client: &mut Client,
     table: &TableName,
     owner: &Owner,
-    mode: Timescale,
+    timescale: Timescale,
     format: PayloadFormat,
+    mode: SinkMode,
 ) -> Result<SchemaInfo, SinkError> {
     let tx = client
         .transaction()
@@ -484,9 +534,12 @@ pub async fn prepare(
         )
         .await
         .map_err(schema_error(table, "looking for the TimescaleDB extension"))?;
-    let storage = plan_storage(mode, row.get(0), row.get(1))?;
+    let storage = match mode {
+        SinkMode::Append => plan_storage(timescale, row.get(0), row.get(1))?,
+        SinkMode::Upsert => Storage::Plain,
+    };
     if let Some(existing) = columns(&tx, table).await? {
-        let problems = check_shape(&existing, format);
+        let problems = check_shape(&existing, format, mode);
         if !problems.is_empty() {
             return Err(SinkError::IncompatibleTable {
                 table: table.display(),
@@ -494,7 +547,7 @@ pub async fn prepare(
             });
         }
     }
-    for statement in ddl(table, storage, format) {
+    for statement in ddl(table, storage, format, mode) {
         tx.batch_execute(&statement).await.map_err(schema_error(
             table,
             "creating the table, its indexes, eventstream_offsets or eventstream_offset_resets",
@@ -509,6 +562,31 @@ pub async fn prepare(
                 .map_err(schema_error(table, "committing the schema"))?;
         }
         return Err(refused);
+    }
+    if mode == SinkMode::Upsert {
+        let keyed: bool = tx
+            .query_one(
+                "SELECT EXISTS (
+                   SELECT 1 FROM pg_index x
+                   WHERE x.indrelid = to_regclass($1) AND x.indisunique AND x.indpred IS NULL
+                     AND x.indnkeyatts = 1
+                     AND (SELECT a.attname::text FROM pg_attribute a
+                          WHERE a.attrelid = x.indrelid AND a.attnum = x.indkey[0]) = 'key')",
+                &[&table.sql()],
+            )
+            .await
+            .map_err(schema_error(table, "looking for a unique index on (key)"))?
+            .get(0);
+        if !keyed {
+            return Err(SinkError::IncompatibleTable {
+                table: table.display(),
+                problems: vec![
+                    "no PRIMARY KEY or UNIQUE index on (key): mode Upsert finds a key's row with \
+                     ON CONFLICT (key)"
+                        .to_string(),
+                ],
+            });
+        }
     }
     let dedup = tx
         .query(
@@ -571,7 +649,7 @@ mod tests {
     #[test]
     fn our_own_shape_passes() {
         assert_eq!(
-            check_shape(&good(), PayloadFormat::Json),
+            check_shape(&good(), PayloadFormat::Json, SinkMode::Append),
             Vec::<String>::new()
         );
     }
@@ -583,7 +661,7 @@ mod tests {
         cols[0].type_name = "bigint".into();
         cols.push(col("tenant", "text", true, false));
         cols.push(col("id", "bigint", true, true));
-        let problems = check_shape(&cols, PayloadFormat::Binary);
+        let problems = check_shape(&cols, PayloadFormat::Binary, SinkMode::Append);
         assert_eq!(
             problems,
             [
@@ -599,7 +677,25 @@ mod tests {
     fn varchar_keys_are_fine() {
         let mut cols = good();
         cols[2].type_name = "character varying(200)".into();
-        assert!(check_shape(&cols, PayloadFormat::Json).is_empty());
+        assert!(check_shape(&cols, PayloadFormat::Json, SinkMode::Append).is_empty());
+    }
+
+    #[test]
+    fn a_current_state_table_is_keyed_by_key_and_needs_updated_at() {
+        let t = TableName::parse("live");
+        let sql = ddl(&t, Storage::Plain, PayloadFormat::Json, SinkMode::Upsert).join("\n");
+        assert!(sql.contains("PRIMARY KEY (key)"), "{sql}");
+        assert!(sql.contains("payload jsonb NOT NULL"), "{sql}");
+        assert!(sql.contains("eventstream_offsets"), "{sql}");
+        assert!(!sql.contains("brin"), "{sql}");
+        assert!(
+            check_shape(&good(), PayloadFormat::Json, SinkMode::Upsert).contains(
+                &"column \"updated_at\" is missing (want timestamp with time zone)".to_string()
+            )
+        );
+        let mut cols = good();
+        cols.push(col("updated_at", "timestamp with time zone", true, true));
+        assert!(check_shape(&cols, PayloadFormat::Json, SinkMode::Upsert).is_empty());
     }
 
     #[test]
@@ -640,7 +736,7 @@ mod tests {
     #[test]
     fn hypertables_key_on_time_too() {
         let t = TableName::parse("events");
-        let plain = ddl(&t, Storage::Plain, PayloadFormat::Json).join("\n");
+        let plain = ddl(&t, Storage::Plain, PayloadFormat::Json, SinkMode::Append).join("\n");
         assert!(
             plain.contains(r#"PRIMARY KEY ("partition", "offset")"#),
             "{plain}"
@@ -653,6 +749,7 @@ mod tests {
                 create_extension: true,
             },
             PayloadFormat::Binary,
+            SinkMode::Append,
         )
         .join("\n");
         assert!(hyper.starts_with("CREATE EXTENSION IF NOT EXISTS timescaledb"));

@@ -1,4 +1,4 @@
-//! The database side: one PostgreSQL session that writes batches exactly once and answers where
+//! The PostgreSQL [`Backend`]: one session that writes batches exactly once and answers where
 //! each partition must resume.
 //!
 //! A batch is one transaction:
@@ -7,7 +7,11 @@
 //! 2. refuse the batch if a slice starts after the stored `next_offset` (it would leave a hole:
 //!    [`SinkError::PositionMismatch`]); drop the records below it (already stored, e.g. by the
 //!    previous owner of a partition during a rebalance, or by a zombie);
-//! 3. binary `COPY` the rows;
+//! 3. write the rows: binary `COPY` into the table (append); or, for a current-state table
+//!    (`mode: Upsert`), reduce the batch to the newest record per key ([`upsert`]), `COPY` those
+//!    into a session-local staging table and apply them with one statement that deletes rows of
+//!    tombstones and `INSERT … ON CONFLICT (key) DO UPDATE … WHERE` the record is newer than the
+//!    row's, so a replay never takes a row back;
 //! 4. send the batch's dead letters and wait for the broker's acknowledgement;
 //! 5. move `next_offset` past the batch and `COMMIT`.
 //!
@@ -16,17 +20,19 @@
 //! rows are isolated; they become dead letters with the database's message. A refusal that is
 //! really a changed table (checked first) pauses the sink instead of dead-lettering everything.
 
+use std::borrow::Cow;
 use std::collections::BTreeMap;
 use std::time::{Duration, Instant};
 
 use bytes::BytesMut;
 use eventstream_crds::config::OffsetReset;
-use eventstream_crds::v1alpha1::{PayloadFormat, Timescale};
+use eventstream_crds::v1alpha1::{PayloadFormat, SinkMode, Timescale, UpsertSpec};
 use futures::SinkExt;
 use tokio_postgres::error::SqlState;
 use tokio_postgres::{Client, Statement, Transaction};
 
 use super::SinkError;
+use super::backend::{Backend, Committed, Watermarks};
 use super::batch::Batch;
 use super::connect::{self, Endpoint, SessionTls};
 use super::copy;
@@ -34,6 +40,7 @@ use super::dead_letter::DeadLetters;
 use super::metrics::SinkMetrics;
 use super::record::{Entry, Poison, PoisonReason, Record};
 use super::schema::{self, SchemaInfo, TableName};
+use super::upsert;
 
 /// Longest a batch transaction (or a position lookup) may take before the session is dropped.
 pub const WRITE_TIMEOUT: Duration = Duration::from_secs(60);
@@ -55,57 +62,72 @@ pub struct Target {
     pub payload: PayloadFormat,
     /// `sink.offsetReset`: applied once per database when a session opens.
     pub offset_reset: Option<OffsetReset>,
+    /// `Some` for `sink.mode: Upsert` (a current-state table, one row per key), `None` to
+    /// append every record.
+    pub upsert: Option<UpsertSpec>,
 }
 
-/// A committed batch.
-#[derive(Debug, Clone, Default, PartialEq, Eq)]
-pub struct Committed {
-    /// The stored `next_offset` of each partition of the batch after the commit.
-    pub next: BTreeMap<i32, i64>,
-    /// Rows written.
-    pub rows: u64,
-    /// Dead letters sent.
-    pub dead_letters: u64,
-    /// Records skipped because PostgreSQL already had them.
-    pub skipped: u64,
+impl Target {
+    /// `Append` or `Upsert`.
+    pub fn mode(&self) -> SinkMode {
+        if self.upsert.is_some() {
+            SinkMode::Upsert
+        } else {
+            SinkMode::Append
+        }
+    }
 }
 
-/// A request to the writer task.
-pub enum Command {
-    /// Write a batch; the result goes to the outcome channel.
-    Write(Batch),
-    /// Look up (and seed) the stored positions of partitions, given the (low, high) watermarks
-    /// Kafka reported for them: a stored position past the high watermark means the topic was
-    /// deleted and created again, and the partition starts again from its low watermark (see
-    /// [`Writer::positions`]).
-    Positions(
-        Vec<i32>,
-        Watermarks,
-        std::sync::mpsc::Sender<Result<BTreeMap<i32, i64>, SinkError>>,
-    ),
-}
-
-/// `(low, high)` watermarks by partition, for the partitions Kafka answered for.
-pub type Watermarks = BTreeMap<i32, (i64, i64)>;
+/// The session's temporary table that a batch of upserts is copied into (`ON COMMIT DELETE
+/// ROWS`), from which one statement updates the table.
+const UPSERT_STAGING: &str = "eventstream_upsert";
 
 /// The `reason` of a position reset the sink made because the topic was re-created.
 pub const RESET_TOPIC_RECREATED: &str = "topic_recreated";
-
-/// The result of a [`Command::Write`].
-#[derive(Debug)]
-pub struct Outcome {
-    /// The batch's generation.
-    pub generation: u64,
-    /// What happened.
-    pub result: Result<Committed, SinkError>,
-}
 
 struct Statements {
     lock: Statement,
     seed: Statement,
     positions: Statement,
     advance: Statement,
+    /// `COPY` into the events table (append) or into the staging table (upsert).
     copy: Statement,
+    /// Upsert only: applies the staged changes.
+    upsert: Option<UpsertStatements>,
+}
+
+struct UpsertStatements {
+    /// Deletes rows of newer tombstones and upserts newer records, in one statement; returns
+    /// (deleted, upserted).
+    apply: Statement,
+    /// Empties the staging table between two applications in one transaction.
+    clear: Statement,
+}
+
+/// A row to copy: the record and the value of the key column.
+struct Row<'a> {
+    record: &'a Record,
+    key: Option<Cow<'a, [u8]>>,
+}
+
+impl<'a> Row<'a> {
+    fn append(record: &'a Record) -> Self {
+        Self {
+            record,
+            key: record.key.as_deref().map(Cow::Borrowed),
+        }
+    }
+
+    fn upsert(change: upsert::Change<'a>) -> Self {
+        let key = match change.key {
+            Cow::Borrowed(k) => Cow::Borrowed(k.as_bytes()),
+            Cow::Owned(k) => Cow::Owned(k.into_bytes()),
+        };
+        Self {
+            record: change.record,
+            key: Some(key),
+        }
+    }
 }
 
 struct Session {
@@ -272,7 +294,21 @@ impl Writer {
             stream: t.stream.clone(),
             topic: t.topic.clone(),
         };
-        let info = schema::prepare(&mut client, &t.table, &owner, t.timescale, t.payload).await?;
+        let info = schema::prepare(
+            &mut client,
+            &t.table,
+            &owner,
+            t.timescale,
+            t.payload,
+            t.mode(),
+        )
+        .await?;
+        if t.upsert.is_some() {
+            client
+                .batch_execute(&upsert_staging_ddl(t.payload))
+                .await
+                .map_err(db("creating the staging table of upserts"))?;
+        }
         let offsets = t.table.offsets_sql();
         let prepare = |sql: String| {
             let client = &client;
@@ -309,10 +345,20 @@ impl Writer {
             .await?,
             copy: prepare(format!(
                 "COPY {} ({}) FROM STDIN (FORMAT binary)",
-                t.table.sql(),
+                match t.upsert {
+                    Some(_) => format!("pg_temp.{UPSERT_STAGING}"),
+                    None => t.table.sql(),
+                },
                 copy::COLUMNS
             ))
             .await?,
+            upsert: match t.upsert {
+                None => None,
+                Some(_) => Some(UpsertStatements {
+                    apply: prepare(upsert_sql(&t.table)).await?,
+                    clear: prepare(format!("DELETE FROM pg_temp.{UPSERT_STAGING}")).await?,
+                }),
+            },
         };
         if let Some(reset) = &t.offset_reset {
             apply_reset(&mut client, t, reset).await?;
@@ -560,7 +606,7 @@ impl Writer {
         }
 
         let mut committed = Committed::default();
-        let mut rows: Vec<&Record> = Vec::with_capacity(batch.len());
+        let mut records: Vec<&Record> = Vec::with_capacity(batch.len());
         let mut letters: Vec<(&Record, Poison)> = Vec::new();
         for (partition, slice) in &batch.slices {
             let at = stored.get(partition).copied().unwrap_or(0);
@@ -577,7 +623,7 @@ impl Writer {
                     continue;
                 }
                 match entry {
-                    Entry::Row(r) => rows.push(r),
+                    Entry::Row(r) => records.push(r),
                     Entry::Dead(r, p) => letters.push((r, p.clone())),
                 }
             }
@@ -585,12 +631,25 @@ impl Writer {
         }
         metrics.skipped("fence", committed.skipped);
 
+        let rows: Vec<Row<'_>> = match &target.upsert {
+            None => records.iter().copied().map(Row::append).collect(),
+            Some(spec) => {
+                let reduced = upsert::reduce(&records, spec);
+                letters.extend(reduced.poison);
+                metrics.skipped("superseded", reduced.superseded);
+                metrics.skipped("tombstone", reduced.ignored_tombstones);
+                committed.skipped += reduced.superseded + reduced.ignored_tombstones;
+                reduced.changes.into_iter().map(Row::upsert).collect()
+            }
+        };
+
         if careful {
-            schema::recheck(&tx, &target.table, target.payload).await?;
-            let refused = copy_isolating(&tx, &st.copy, &rows, target.payload).await?;
-            let mut refused_at = std::collections::HashSet::new();
+            schema::recheck(&tx, &target.table, target.payload, target.mode()).await?;
+            let (refused, applied) = apply_isolating(&tx, st, &rows, target.payload).await?;
+            committed.rows = applied.changed;
+            committed.skipped += applied.not_newer;
+            metrics.skipped("superseded", applied.not_newer);
             for (index, error) in refused {
-                refused_at.insert(index);
                 let duplicate = error.code() == Some(&SqlState::UNIQUE_VIOLATION)
                     && error
                         .as_db_error()
@@ -613,17 +672,20 @@ impl Writer {
                     .as_db_error()
                     .map_or_else(|| error.to_string(), |d| d.message().to_string());
                 letters.push((
-                    rows[index],
+                    rows[index].record,
                     Poison {
                         reason: PoisonReason::RejectedByTable,
                         detail,
                     },
                 ));
             }
-            committed.rows = (rows.len() - refused_at.len()) as u64;
         } else {
-            match copy_rows(&tx, &st.copy, &rows, target.payload).await {
-                Ok(()) => committed.rows = rows.len() as u64,
+            match apply_rows(&tx, st, &rows, target.payload, false).await {
+                Ok(applied) => {
+                    committed.rows = applied.changed;
+                    committed.skipped += applied.not_newer;
+                    metrics.skipped("superseded", applied.not_newer);
+                }
                 Err(e) if is_data_error(&e) => {
                     tracing::warn!(error = %e, "PostgreSQL refused row data; isolating the refused records");
                     return Err(Attempt::Rejected);
@@ -658,30 +720,23 @@ impl Writer {
         committed.dead_letters = letters.len() as u64;
         Ok(committed)
     }
+}
 
-    /// Serves commands until the channel closes, sending write outcomes to `outcomes`.
-    pub async fn run(
-        mut self,
-        mut commands: tokio::sync::mpsc::Receiver<Command>,
-        outcomes: std::sync::mpsc::Sender<Outcome>,
-    ) {
-        while let Some(command) = commands.recv().await {
-            match command {
-                Command::Write(batch) => {
-                    let result = self.write(&batch).await;
-                    let outcome = Outcome {
-                        generation: batch.generation,
-                        result,
-                    };
-                    if outcomes.send(outcome).is_err() {
-                        break;
-                    }
-                }
-                Command::Positions(partitions, watermarks, reply) => {
-                    let _ = reply.send(self.positions(&partitions, &watermarks).await);
-                }
-            }
-        }
+impl Backend for Writer {
+    async fn prepare(&mut self) -> Result<(), SinkError> {
+        self.connect().await.map(|_| ())
+    }
+
+    async fn positions(
+        &mut self,
+        partitions: &[i32],
+        watermarks: &Watermarks,
+    ) -> Result<BTreeMap<i32, i64>, SinkError> {
+        Writer::positions(self, partitions, watermarks).await
+    }
+
+    async fn write(&mut self, batch: &Batch) -> Result<Committed, SinkError> {
+        Writer::write(self, batch).await
     }
 }
 
@@ -698,11 +753,94 @@ async fn lock(
     Ok(rows.iter().map(|r| (r.get(0), r.get(1))).collect())
 }
 
+/// What applying rows changed.
+#[derive(Debug, Default, Clone, Copy)]
+struct Applied {
+    /// Rows inserted, updated or deleted.
+    changed: u64,
+    /// Upsert only: changes the table refused because its row holds a newer record (or, for a
+    /// tombstone, because the key has no row).
+    not_newer: u64,
+}
+
+/// The staging table of upserts, in the session's temporary schema.
+fn upsert_staging_ddl(format: PayloadFormat) -> String {
+    let payload = match format {
+        PayloadFormat::Json => "jsonb",
+        PayloadFormat::Binary => "bytea",
+    };
+    format!(
+        "CREATE TEMP TABLE IF NOT EXISTS {UPSERT_STAGING} (
+           \"partition\" integer, \"offset\" bigint, key text, ts timestamptz,
+           payload {payload}, headers jsonb) ON COMMIT DELETE ROWS"
+    )
+}
+
+/// The statement that applies the staged changes of one batch (one per key): a tombstone
+/// deletes the key's row, a record replaces it — each only when newer than what the row holds
+/// ([`upsert::newer_sql`]), so a replayed or late record never takes a row back.
+fn upsert_sql(table: &TableName) -> String {
+    let t = table.sql();
+    let newer_delete = upsert::newer_sql("u", "o");
+    let newer_update = upsert::newer_sql("EXCLUDED", "o");
+    format!(
+        "WITH deleted AS (
+           DELETE FROM {t} AS o USING pg_temp.{UPSERT_STAGING} AS u
+           WHERE u.payload IS NULL AND o.key = u.key AND {newer_delete}
+           RETURNING 1
+         ), upserted AS (
+           INSERT INTO {t} AS o (key, \"partition\", \"offset\", ts, payload, headers)
+           SELECT key, \"partition\", \"offset\", ts, payload, headers
+           FROM pg_temp.{UPSERT_STAGING} WHERE payload IS NOT NULL
+           ON CONFLICT (key) DO UPDATE SET
+             \"partition\" = EXCLUDED.\"partition\", \"offset\" = EXCLUDED.\"offset\",
+             ts = EXCLUDED.ts, payload = EXCLUDED.payload, headers = EXCLUDED.headers,
+             updated_at = now()
+           WHERE {newer_update}
+           RETURNING 1
+         )
+         SELECT (SELECT count(*) FROM deleted), (SELECT count(*) FROM upserted)"
+    )
+}
+
+/// Writes `rows`: one binary `COPY` into the table (append), or into the staging table and one
+/// statement from there (upsert). `again`: the staging table may hold rows of an earlier
+/// application in this transaction.
+async fn apply_rows(
+    tx: &Transaction<'_>,
+    statements: &Statements,
+    rows: &[Row<'_>],
+    format: PayloadFormat,
+    again: bool,
+) -> Result<Applied, tokio_postgres::Error> {
+    let Some(upsert) = &statements.upsert else {
+        copy_rows(tx, &statements.copy, rows, format).await?;
+        return Ok(Applied {
+            changed: rows.len() as u64,
+            not_newer: 0,
+        });
+    };
+    if rows.is_empty() {
+        return Ok(Applied::default());
+    }
+    if again {
+        tx.execute(&upsert.clear, &[]).await?;
+    }
+    copy_rows(tx, &statements.copy, rows, format).await?;
+    let row = tx.query_one(&upsert.apply, &[]).await?;
+    let (deleted, upserted): (i64, i64) = (row.get(0), row.get(1));
+    let changed = u64::try_from(deleted + upserted).unwrap_or(0);
+    Ok(Applied {
+        changed,
+        not_newer: (rows.len() as u64).saturating_sub(changed),
+    })
+}
+
 /// One binary `COPY` of `rows`.
 async fn copy_rows(
     tx: &Transaction<'_>,
     statement: &Statement,
-    rows: &[&Record],
+    rows: &[Row<'_>],
     format: PayloadFormat,
 ) -> Result<(), tokio_postgres::Error> {
     if rows.is_empty() {
@@ -713,7 +851,7 @@ async fn copy_rows(
     let mut buf = BytesMut::with_capacity(COPY_CHUNK + 64 * 1024);
     copy::put_header(&mut buf);
     for row in rows {
-        copy::put_row(&mut buf, row, format);
+        copy::put_row(&mut buf, row.record, row.key.as_deref(), format);
         if buf.len() >= COPY_CHUNK {
             sink.send(buf.split().freeze()).await?;
         }
@@ -724,15 +862,16 @@ async fn copy_rows(
     Ok(())
 }
 
-/// Copies `rows`, isolating the ones PostgreSQL refuses by halving under savepoints. Returns the
-/// refused rows' indexes with the error of each.
-async fn copy_isolating(
+/// Applies `rows`, isolating the ones PostgreSQL refuses by halving under savepoints. Returns the
+/// refused rows' indexes with the error of each, and what the accepted ones changed.
+async fn apply_isolating(
     tx: &Transaction<'_>,
-    statement: &Statement,
-    rows: &[&Record],
+    statements: &Statements,
+    rows: &[Row<'_>],
     format: PayloadFormat,
-) -> Result<Vec<(usize, tokio_postgres::Error)>, SinkError> {
+) -> Result<(Vec<(usize, tokio_postgres::Error)>, Applied), SinkError> {
     let mut refused = Vec::new();
+    let mut total = Applied::default();
     let mut ranges = vec![(0, rows.len())];
     while let Some((start, end)) = ranges.pop() {
         if start == end {
@@ -741,11 +880,14 @@ async fn copy_isolating(
         tx.batch_execute("SAVEPOINT eventstream_isolate")
             .await
             .map_err(db("setting a savepoint"))?;
-        match copy_rows(tx, statement, &rows[start..end], format).await {
-            Ok(()) => tx
-                .batch_execute("RELEASE SAVEPOINT eventstream_isolate")
-                .await
-                .map_err(db("releasing a savepoint"))?,
+        match apply_rows(tx, statements, &rows[start..end], format, true).await {
+            Ok(applied) => {
+                total.changed += applied.changed;
+                total.not_newer += applied.not_newer;
+                tx.batch_execute("RELEASE SAVEPOINT eventstream_isolate")
+                    .await
+                    .map_err(db("releasing a savepoint"))?
+            }
             Err(e) if is_data_error(&e) => {
                 tx.batch_execute("ROLLBACK TO SAVEPOINT eventstream_isolate; RELEASE SAVEPOINT eventstream_isolate")
                     .await
@@ -762,5 +904,5 @@ async fn copy_isolating(
             Err(e) => return Err(db("copying rows")(e)),
         }
     }
-    Ok(refused)
+    Ok((refused, total))
 }
