@@ -325,6 +325,20 @@ fn a_filtered_resume_is_lossless_and_reports_no_spurious_gap() {
             let first = next_json(&mut ws).await;
             assert_eq!(first["type"], "subscribed");
             seen.take(&first);
+            // The same subscription in protobuf gets the same progress.
+            let mut proto = connect(&bridge.url("/ws"), Some("eventstream.v1.proto")).await;
+            proto
+                .send(Message::Binary(
+                    ClientFrame::subscribe_filtered("server-7", [], "data.cpu > 90")
+                        .encode_to_vec()
+                        .into(),
+                ))
+                .await
+                .expect("send");
+            assert!(matches!(
+                next_proto(&mut proto).await,
+                server_frame::Frame::Subscribed(_)
+            ));
 
             // 600 records of server-7 (200 per partition); only the first 10 match.
             const FIRST: i64 = 600;
@@ -351,6 +365,18 @@ fn a_filtered_resume_is_lossless_and_reports_no_spurious_gap() {
             }
             assert_eq!(ids(&got), (0..10).collect());
             assert!(progress > 0, "progress frames moved the positions");
+            let (mut proto_events, mut proto_covered) = (0, 0);
+            while proto_events < 10 || proto_covered < FIRST - 49 {
+                match next_proto(&mut proto).await {
+                    server_frame::Frame::Event(_) => proto_events += 1,
+                    server_frame::Frame::Progress(p) => {
+                        assert_eq!(p.channel, "server-7");
+                        proto_covered = p.positions.values().sum::<i64>();
+                    }
+                    other => panic!("unexpected {other:?}"),
+                }
+            }
+            assert_eq!(proto_events, 10);
             // What the events alone would let the client resume from.
             let mut by_events = Seen::default();
             for f in got.iter().filter(|f| f["type"] == "event") {
