@@ -151,6 +151,15 @@ fn postgres_missing_binaries_are_named() {
 
 // ------------------------------------------------------------------- tansu
 
+/// How many brokers a metadata request with `config` lists, or why it failed.
+fn brokers_seen(config: rdkafka::ClientConfig) -> Result<usize, Box<dyn Error>> {
+    let consumer: BaseConsumer = config.create()?;
+    consumer
+        .fetch_metadata(None, Duration::from_secs(5))
+        .map(|m| m.brokers().len())
+        .map_err(Box::<dyn Error>::from)
+}
+
 /// A broker with a SCRAM user answers clients that authenticate as that user, and nobody else.
 #[tokio::test]
 async fn tansu_with_a_scram_user_refuses_other_clients() -> TestResult {
@@ -162,19 +171,19 @@ async fn tansu_with_a_scram_user_refuses_other_clients() -> TestResult {
         })
     })
     .await??;
-    let metadata = |config: rdkafka::ClientConfig| -> Result<usize, Box<dyn Error>> {
-        let consumer: BaseConsumer = config.create()?;
-        consumer
-            .fetch_metadata(None, Duration::from_secs(5))
-            .map(|m| m.brokers().len())
-            .map_err(Box::<dyn Error>::from)
-    };
-    assert_eq!(metadata(broker.client_config())?, 1, "the user is answered");
+    assert_eq!(
+        brokers_seen(broker.client_config())?,
+        1,
+        "the user is answered"
+    );
     let mut wrong = broker.client_config();
     wrong.set("sasl.password", "not-it");
-    assert!(metadata(wrong).is_err(), "a wrong password is refused");
+    assert!(brokers_seen(wrong).is_err(), "a wrong password is refused");
     let plain = kafka::client_config(&broker.bootstrap());
-    assert!(metadata(plain).is_err(), "a client without SASL is refused");
+    assert!(
+        brokers_seen(plain).is_err(),
+        "a client without SASL is refused"
+    );
     Ok(())
 }
 
@@ -191,20 +200,16 @@ async fn tansu_behind_a_tls_front_answers_tls_clients_only() -> TestResult {
     })
     .await??;
     assert!(broker.bootstrap().starts_with("localhost:"));
-    let metadata = |config: rdkafka::ClientConfig| -> Result<usize, Box<dyn Error>> {
-        let consumer: BaseConsumer = config.create()?;
-        consumer
-            .fetch_metadata(None, Duration::from_secs(5))
-            .map(|m| m.brokers().len())
-            .map_err(Box::<dyn Error>::from)
-    };
     assert_eq!(
-        metadata(broker.client_config())?,
+        brokers_seen(broker.client_config())?,
         1,
         "a TLS client is answered"
     );
     let plain = kafka::client_config(&broker.bootstrap());
-    assert!(metadata(plain).is_err(), "a plaintext client is refused");
+    assert!(
+        brokers_seen(plain).is_err(),
+        "a plaintext client is refused"
+    );
     // Records go through the front both ways.
     let mut producer_config = broker.producer_config();
     producer_config.set("message.timeout.ms", "20000");
