@@ -1037,30 +1037,41 @@ async fn run_soak(
     ))
 }
 
-/// Kafka SASL end to end against a broker that checks passwords: tansu 0.6 with
+/// Kafka SASL_SSL end to end against a broker that checks passwords: tansu 0.6 with
 /// `--authentication` and a SCRAM-SHA-512 user (testkit's `start_with_scram_user`; tansu offers
-/// no PLAIN and serves no TLS, see docs/e2e.md). The operator's admin code creates the topic over
-/// SASL_PLAINTEXT/SCRAM-SHA-512; the same admin code without SASL, and with a wrong password, is
-/// refused, so the broker really required it. A bridge configured as the operator renders a
-/// `kafka.secretRef` stream (mechanism in the config, credentials in the environment)
-/// acknowledges events and delivers them to a WebSocket client.
+/// no PLAIN), reached through a TLS front with a throw-away CA (tansu serves no TLS; it
+/// advertises the front, so every connection goes through it). See docs/e2e.md. The operator's
+/// admin code creates the topic over SASL_SSL/SCRAM-SHA-512 and is refused in plaintext, with a
+/// CA that did not sign the listener, and with a wrong password. A bridge and a sink configured
+/// as the operator renders a `kafka.secretRef` stream with a CA (protocol, mechanism and
+/// `caFile` in the config, credentials in the environment): the bridge acknowledges events, a
+/// WebSocket client receives them exactly once, and the sink stores each once.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn kafka_sasl_scram_end_to_end_against_tansu() -> Result<()> {
+async fn kafka_sasl_ssl_scram_end_to_end_against_tansu() -> Result<()> {
     use eventstream_crds::config::{ENV_KAFKA_PASSWORD, ENV_KAFKA_USERNAME};
     use eventstream_crds::v1alpha1::{SaslMechanism, SecurityProtocol};
     use eventstream_operator::kafka_admin::{
         DesiredTopic, KafkaConnection, RdKafkaAdmin, ensure_topic,
     };
-    use eventstream_testkit::tansu::ScramUser;
+    use eventstream_testkit::TlsFront;
+    use eventstream_testkit::tansu::{ScramUser, TansuOptions};
 
     let binary = tokio::task::spawn_blocking(dataplane_binary).await??;
     let broker = tokio::task::spawn_blocking(|| {
-        TansuBroker::start_with_scram_user(ScramUser {
-            username: "eventstream".into(),
-            password: "secret".into(),
+        TansuBroker::start_with(TansuOptions {
+            scram_user: Some(ScramUser {
+                username: "eventstream".into(),
+                password: "secret".into(),
+            }),
+            tls_front: Some(TlsFront::start()?),
         })
     })
     .await??;
+    let ca_file = broker
+        .tls_front()
+        .context("the broker is behind TLS")?
+        .ca_file()
+        .to_path_buf();
     let mut es = stream::load_example("sim-racing-telemetry.yaml")?;
     es.spec.kafka.bootstrap_servers = Some(broker.bootstrap());
     let pg = TestPostgres::start()?;
@@ -1071,47 +1082,52 @@ async fn kafka_sasl_scram_end_to_end_against_tansu() -> Result<()> {
         .timescale = Timescale::Disabled;
     let desired = DesiredTopic::from_stream(&es)?;
     let sasl = KafkaConnection {
-        security_protocol: SecurityProtocol::SaslPlaintext,
+        security_protocol: SecurityProtocol::SaslSsl,
         sasl_mechanism: Some(SaslMechanism::ScramSha512),
         username: Some("eventstream".into()),
         password: Some("secret".into()),
+        ca_pem: Some(std::fs::read_to_string(&ca_file)?),
         ..KafkaConnection::plaintext(broker.bootstrap())
     };
     // A generous admin timeout: a request the client gives up on breaks tansu's SQLite engine
-    // (see testkit's tansu module).
+    // (see testkit's tansu module). Refusals below that never reach tansu (TLS fails first)
+    // give up sooner.
     let admin = RdKafkaAdmin::new(Duration::from_secs(30));
+    let impatient = RdKafkaAdmin::new(Duration::from_secs(5));
     let topic = eventually(
-        "the topic to be created over SASL",
+        "the topic to be created over SASL_SSL",
         STEP_TIMEOUT,
         || async { Ok(Some(ensure_topic(&admin, &sasl, &desired).await?)) },
     )
     .await?;
     ensure!(topic.topic.partitions == 10, "{topic:?}");
     let refused = ensure_topic(
-        &admin,
+        &impatient,
         &KafkaConnection::plaintext(broker.bootstrap()),
         &desired,
     )
     .await;
     ensure!(
         refused.is_err(),
-        "the broker answered a client without SASL: {refused:?}"
+        "the TLS listener answered a plaintext client: {refused:?}"
     );
-    let wrong = KafkaConnection {
-        password: Some("not-the-secret".into()),
+    let other_ca = eventstream_testkit::postgres::TestCa::new("not-the-kafka-ca")?;
+    let untrusting = KafkaConnection {
+        ca_pem: Some(other_ca.cert_pem()),
         ..sasl.clone()
     };
-    let refused = ensure_topic(&admin, &wrong, &desired).await;
+    let refused = ensure_topic(&impatient, &untrusting, &desired).await;
     ensure!(
         refused.is_err(),
-        "the broker answered a wrong password: {refused:?}"
+        "a client trusting another CA got through: {refused:?}"
     );
 
     let dir = tempfile::tempdir()?;
     let listen = stream::free_listen()?;
     let mut config = stream::render(&es, listen)?;
-    config.kafka.security_protocol = SecurityProtocol::SaslPlaintext;
+    config.kafka.security_protocol = SecurityProtocol::SaslSsl;
     config.kafka.sasl_mechanism = Some(SaslMechanism::ScramSha512);
+    config.kafka.ca_file = Some(ca_file.display().to_string());
     let path = stream::write_config(&config, dir.path(), "bridge-sasl")?;
     let mut bridge = Dataplane::new("bridge-sasl", &binary, "bridge", &path, listen, dir.path())
         .env(ENV_KAFKA_USERNAME, "eventstream")
@@ -1161,7 +1177,19 @@ async fn kafka_sasl_scram_end_to_end_against_tansu() -> Result<()> {
             let rows = rows_of(&pg, &table)?;
             Ok((rows == acked).then_some(()))
         })
-        .await
+        .await?;
+        // Last: a wrong password reaches tansu's storage (the credential lookup), and a client
+        // that gives up there can break its SQLite engine for everyone after it.
+        let wrong = KafkaConnection {
+            password: Some("not-the-secret".into()),
+            ..sasl.clone()
+        };
+        let refused = ensure_topic(&impatient, &wrong, &desired).await;
+        ensure!(
+            refused.is_err(),
+            "the broker answered a wrong password: {refused:?}"
+        );
+        Ok(())
     }
     .await;
     if result.is_err() {

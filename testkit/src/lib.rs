@@ -8,7 +8,10 @@
 //!   dir, on a free port, that can be stopped and started again mid-test.
 //! * [`tansu::TansuBroker`]: the tansu Kafka-compatible broker as a child
 //!   process with in-memory storage, for tests that need a real broker
-//!   process (and can kill it).
+//!   process (and can kill it); with a SCRAM user it requires SASL, and
+//!   behind a [`tls_front::TlsFront`] it is reached over TLS only.
+//! * [`tls_front::TlsFront`]: a TLS listener in front of a plaintext port,
+//!   with a throw-away CA.
 //! * [`mock::MockKafka`]: librdkafka's in-process mock cluster, for fast
 //!   tests and broker fault injection.
 //! * [`kafka`]: `produce` / `consume_all` helpers that work against any of
@@ -22,6 +25,7 @@ pub mod kafka;
 pub mod mock;
 pub mod postgres;
 pub mod tansu;
+pub mod tls_front;
 
 mod process;
 
@@ -30,6 +34,7 @@ pub use kafka::{ConsumedRecord, consume_all, produce};
 pub use mock::MockKafka;
 pub use postgres::TestPostgres;
 pub use tansu::TansuBroker;
+pub use tls_front::TlsFront;
 
 /// Returns a TCP port on 127.0.0.1 that was free a moment ago.
 ///

@@ -62,6 +62,7 @@ use rdkafka::ClientConfig;
 use rdkafka::consumer::{BaseConsumer, Consumer};
 
 use crate::HarnessError;
+use crate::TlsFront;
 use crate::process::{describe, find_in_path, is_executable, log_tail};
 
 /// The tansu version the project pins.
@@ -101,6 +102,17 @@ pub fn cache_dir_name() -> String {
     format!("tansu-{TANSU_VERSION}-{}", TANSU_FEATURES.replace(',', "-"))
 }
 
+/// How to start a broker beyond the defaults ([`TansuBroker::start_with`]).
+#[derive(Debug, Default)]
+pub struct TansuOptions {
+    /// Require SASL SCRAM-SHA-512 and create this user.
+    pub scram_user: Option<ScramUser>,
+    /// Serve clients through this TLS front only: the broker advertises the
+    /// front's address, so every connection after the bootstrap one goes
+    /// through it too.
+    pub tls_front: Option<TlsFront>,
+}
+
 /// A SCRAM-SHA-512 user the broker requires (see the module docs).
 #[derive(Clone, Debug)]
 pub struct ScramUser {
@@ -119,6 +131,8 @@ pub struct TansuBroker {
     storage: String,
     /// Set once the broker requires SASL: every client config carries it.
     sasl: Option<ScramUser>,
+    /// Clients reach the broker through this TLS front only (it advertises the front).
+    front: Option<TlsFront>,
     /// Removed when dropped, after `Drop::drop` has killed the broker.
     dir: tempfile::TempDir,
 }
@@ -170,7 +184,7 @@ impl TansuBroker {
     /// Starts a broker on a free port and waits until it serves metadata.
     /// Retries on a fresh port when the chosen one was taken meanwhile.
     pub fn start() -> Result<Self, HarnessError> {
-        Self::start_on("memory://tansu/")
+        Self::start_with(TansuOptions::default())
     }
 
     /// Starts a broker that requires SASL SCRAM-SHA-512 and knows one user
@@ -178,8 +192,29 @@ impl TansuBroker {
     /// configs built on it authenticate as that user; a client without SASL
     /// or with another password is refused.
     pub fn start_with_scram_user(user: ScramUser) -> Result<Self, HarnessError> {
+        Self::start_with(TansuOptions {
+            scram_user: Some(user),
+            ..TansuOptions::default()
+        })
+    }
+
+    /// Starts a broker as `options` say: with a SCRAM user (SQLite storage,
+    /// see the module docs) and/or reached only through a TLS front.
+    pub fn start_with(options: TansuOptions) -> Result<Self, HarnessError> {
+        let TansuOptions {
+            scram_user,
+            tls_front,
+        } = options;
         // tansu reads the file's path relative to its working directory, the broker's temp dir.
-        let mut broker = Self::start_on("sqlite://tansu.db")?;
+        let storage = if scram_user.is_some() {
+            "sqlite://tansu.db"
+        } else {
+            "memory://tansu/"
+        };
+        let mut broker = Self::start_on(storage, tls_front)?;
+        let Some(user) = scram_user else {
+            return Ok(broker);
+        };
         let binary = Self::binary()?;
         let mut create = Command::new(&binary);
         create
@@ -224,7 +259,7 @@ impl TansuBroker {
     }
 
     /// Starts on a free port with the storage engine URL `storage`.
-    fn start_on(storage: &str) -> Result<Self, HarnessError> {
+    fn start_on(storage: &str, front: Option<TlsFront>) -> Result<Self, HarnessError> {
         let binary = Self::binary()?;
         let dir = tempfile::Builder::new()
             .prefix("eventstream-tansu-")
@@ -237,6 +272,7 @@ impl TansuBroker {
             command_line: String::new(),
             storage: storage.to_owned(),
             sasl: None,
+            front,
             dir,
         };
 
@@ -274,11 +310,18 @@ impl TansuBroker {
             .try_clone()
             .map_err(|e| HarnessError::io("duplicating the tansu log handle", e))?;
         let url = format!("tcp://127.0.0.1:{}", self.port);
+        let advertised = match &self.front {
+            Some(front) => {
+                front.forward_to(self.port);
+                format!("tcp://{}", front.bootstrap())
+            }
+            None => url.clone(),
+        };
         let mut cmd = Command::new(binary);
         cmd.arg("broker")
             .args(["--cluster-id", CLUSTER_ID])
             .args(["--listener-url", &url])
-            .args(["--advertised-listener-url", &url])
+            .args(["--advertised-listener-url", &advertised])
             .args(["--storage-engine", &self.storage])
             .current_dir(self.dir.path())
             .stdin(Stdio::null())
@@ -358,9 +401,18 @@ impl TansuBroker {
         Ok(())
     }
 
-    /// `127.0.0.1:PORT`, for `bootstrap.servers`.
+    /// `127.0.0.1:PORT`, for `bootstrap.servers`; behind a TLS front, the
+    /// front's `localhost:PORT`.
     pub fn bootstrap(&self) -> String {
-        format!("127.0.0.1:{}", self.port)
+        match &self.front {
+            Some(front) => front.bootstrap(),
+            None => format!("127.0.0.1:{}", self.port),
+        }
+    }
+
+    /// The TLS front clients go through, if any.
+    pub fn tls_front(&self) -> Option<&TlsFront> {
+        self.front.as_ref()
     }
 
     /// The broker's port.
@@ -386,18 +438,18 @@ impl TansuBroker {
     /// `bootstrap.servers` only (admin clients, custom configs), plus the
     /// SASL settings of a broker with a user.
     pub fn client_config(&self) -> ClientConfig {
-        self.with_sasl(crate::kafka::client_config(&self.bootstrap()))
+        self.with_security(crate::kafka::client_config(&self.bootstrap()))
     }
 
     /// See [`kafka::producer_config`](crate::kafka::producer_config).
     pub fn producer_config(&self) -> ClientConfig {
-        self.with_sasl(crate::kafka::producer_config(&self.bootstrap()))
+        self.with_security(crate::kafka::producer_config(&self.bootstrap()))
     }
 
     /// Consumer settings for this broker, with `fetch.wait.max.ms=5` (see
     /// the module docs); see [`kafka::consumer_config`](crate::kafka::consumer_config).
     pub fn consumer_config(&self, group: Option<&str>) -> ClientConfig {
-        self.with_sasl(crate::kafka::consumer_config(&self.bootstrap(), group))
+        self.with_security(crate::kafka::consumer_config(&self.bootstrap(), group))
     }
 
     /// The user a broker started with [`start_with_scram_user`](Self::start_with_scram_user) requires.
@@ -405,13 +457,22 @@ impl TansuBroker {
         self.sasl.as_ref()
     }
 
-    fn with_sasl(&self, mut config: ClientConfig) -> ClientConfig {
+    fn with_security(&self, mut config: ClientConfig) -> ClientConfig {
+        let protocol = match (&self.sasl, &self.front) {
+            (None, None) => return config,
+            (Some(_), None) => "SASL_PLAINTEXT",
+            (None, Some(_)) => "SSL",
+            (Some(_), Some(_)) => "SASL_SSL",
+        };
+        config.set("security.protocol", protocol);
         if let Some(user) = &self.sasl {
             config
-                .set("security.protocol", "SASL_PLAINTEXT")
                 .set("sasl.mechanism", "SCRAM-SHA-512")
                 .set("sasl.username", &user.username)
                 .set("sasl.password", &user.password);
+        }
+        if let Some(front) = &self.front {
+            config.set("ssl.ca.location", front.ca_file().display().to_string());
         }
         config
     }

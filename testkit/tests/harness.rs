@@ -151,6 +151,15 @@ fn postgres_missing_binaries_are_named() {
 
 // ------------------------------------------------------------------- tansu
 
+/// How many brokers a metadata request with `config` lists, or why it failed.
+fn brokers_seen(config: rdkafka::ClientConfig) -> Result<usize, Box<dyn Error>> {
+    let consumer: BaseConsumer = config.create()?;
+    consumer
+        .fetch_metadata(None, Duration::from_secs(5))
+        .map(|m| m.brokers().len())
+        .map_err(Box::<dyn Error>::from)
+}
+
 /// A broker with a SCRAM user answers clients that authenticate as that user, and nobody else.
 #[tokio::test]
 async fn tansu_with_a_scram_user_refuses_other_clients() -> TestResult {
@@ -162,19 +171,82 @@ async fn tansu_with_a_scram_user_refuses_other_clients() -> TestResult {
         })
     })
     .await??;
-    let metadata = |config: rdkafka::ClientConfig| -> Result<usize, Box<dyn Error>> {
-        let consumer: BaseConsumer = config.create()?;
-        consumer
-            .fetch_metadata(None, Duration::from_secs(5))
-            .map(|m| m.brokers().len())
-            .map_err(Box::<dyn Error>::from)
-    };
-    assert_eq!(metadata(broker.client_config())?, 1, "the user is answered");
+    assert_eq!(
+        brokers_seen(broker.client_config())?,
+        1,
+        "the user is answered"
+    );
     let mut wrong = broker.client_config();
     wrong.set("sasl.password", "not-it");
-    assert!(metadata(wrong).is_err(), "a wrong password is refused");
+    assert!(brokers_seen(wrong).is_err(), "a wrong password is refused");
     let plain = kafka::client_config(&broker.bootstrap());
-    assert!(metadata(plain).is_err(), "a client without SASL is refused");
+    assert!(
+        brokers_seen(plain).is_err(),
+        "a client without SASL is refused"
+    );
+    Ok(())
+}
+
+/// Behind a TLS front the broker is reached over TLS only, with the front's CA.
+#[tokio::test]
+async fn tansu_behind_a_tls_front_answers_tls_clients_only() -> TestResult {
+    use eventstream_testkit::TlsFront;
+    use eventstream_testkit::tansu::TansuOptions;
+    let broker = tokio::task::spawn_blocking(|| {
+        TansuBroker::start_with(TansuOptions {
+            tls_front: Some(TlsFront::start()?),
+            ..TansuOptions::default()
+        })
+    })
+    .await??;
+    assert!(broker.bootstrap().starts_with("localhost:"));
+    assert_eq!(
+        brokers_seen(broker.client_config())?,
+        1,
+        "a TLS client is answered"
+    );
+    let plain = kafka::client_config(&broker.bootstrap());
+    assert!(
+        brokers_seen(plain).is_err(),
+        "a plaintext client is refused"
+    );
+    // Records go through the front both ways.
+    let mut producer_config = broker.producer_config();
+    producer_config.set("message.timeout.ms", "20000");
+    let admin: AdminClient<DefaultClientContext> = broker.client_config().create()?;
+    for result in admin
+        .create_topics(
+            &[NewTopic::new("tls", 1, TopicReplication::Fixed(1))],
+            &AdminOptions::new().operation_timeout(Some(Duration::from_secs(10))),
+        )
+        .await?
+    {
+        result.map_err(|(topic, code)| format!("create_topics({topic}) failed: {code:?}"))?;
+    }
+    let producer: FutureProducer = producer_config.create()?;
+    producer
+        .send(
+            FutureRecord::<str, str>::to("tls").payload("over tls"),
+            Duration::from_secs(20),
+        )
+        .await
+        .map_err(|(e, _)| e)?;
+    let consumer: BaseConsumer = broker.consumer_config(None).create()?;
+    let mut assignment = rdkafka::TopicPartitionList::new();
+    assignment.add_partition_offset("tls", 0, rdkafka::Offset::Beginning)?;
+    consumer.assign(&assignment)?;
+    let deadline = std::time::Instant::now() + Duration::from_secs(30);
+    loop {
+        assert!(
+            std::time::Instant::now() < deadline,
+            "nothing consumed over TLS"
+        );
+        if let Some(message) = consumer.poll(Duration::from_millis(200)) {
+            let message = message?;
+            assert_eq!(rdkafka::Message::payload(&message), Some(&b"over tls"[..]));
+            break;
+        }
+    }
     Ok(())
 }
 
