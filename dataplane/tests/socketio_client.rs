@@ -9,6 +9,7 @@
 //!   apply as on `/ws`;
 //! - the real bridge process killed (SIGKILL) and restarted while records keep coming: the
 //!   stock reconnection hands back `auth.resume` and nothing is lost or repeated;
+//! - a filtered subscription gets exactly its matches and `progress`;
 //! - `standalone` with nothing configured answers seed 001's `join_dashboard`.
 
 mod bridge_support;
@@ -253,6 +254,70 @@ fn rooms_get_exactly_their_channels_and_garbage_gets_its_error() {
         assert!(later.iter().all(|e| e[0]["key"] == "car-1"));
         assert!(a.of("disconnect").is_empty(), "{}", a.transcript());
         drop((a, b));
+        bridge.stop().await;
+    });
+}
+
+/// A filter on a Socket.IO subscription (the `/ws` rules: CEL, `invalid_filter`): exactly the
+/// matching records arrive, and `progress` moves the client's resume past the records the
+/// filter dropped (a reconnect then neither reads them again nor reports a gap).
+#[test]
+fn a_filtered_subscription_gets_its_matches_and_progress() {
+    on_multi_thread_runtime("socketio_filter", async {
+        let kafka = MockKafka::new(1).expect("mock cluster");
+        kafka.create_topic("t", 2, 1).expect("topic");
+        let bootstrap = kafka.bootstrap();
+        // Progress rounds every replayMaxMessages/2 = 5 published records.
+        let bridge = Bridge::start(config(&bootstrap, "t", "replayMaxMessages: 10")).await;
+        let mut c = NodeClient::spawn(&json!({
+            "url": format!("http://{}", bridge.addr),
+            "joins": [{"event": "subscribe", "arg": {"channel": "*", "filter": "data.i % 10 == 0"}}],
+        }));
+        c.until("the ack", |l| l.iter().any(|l| l["t"] == "ack"))
+            .await;
+        let all = records(100, 4, "f");
+        let produced = produce_all(&bootstrap, &all).await;
+        let events = c.until_events("event", 10).await;
+        let matching: Vec<(i32, i64)> = produced
+            .iter()
+            .enumerate()
+            .filter(|(i, _)| i % 10 == 0)
+            .map(|(_, p)| *p)
+            .collect();
+        assert_exactly_once_in_order(&positions(&events), &matching);
+        let mut last = std::collections::BTreeMap::new();
+        for (p, o) in &produced {
+            let e = last.entry(*p).or_insert(*o);
+            *e = (*e).max(*o);
+        }
+        // One more batch after the last round, so that the final round runs.
+        produce_all(&bootstrap, &records(10, 4, "nudge")).await;
+        c.until("progress past every record the filter dropped", |l| {
+            l.iter().any(|l| {
+                l["t"] == "event"
+                    && l["event"] == "progress"
+                    && last.iter().all(|(p, o)| {
+                        l["args"][0]["resume"][p.to_string()]
+                            .as_i64()
+                            .is_some_and(|r| r >= *o)
+                    })
+            })
+        })
+        .await;
+        c.emit(
+            "subscribe",
+            Some(json!({"channel": "car-1", "filter": "data.i >"})),
+        );
+        c.until("invalid_filter", |l| {
+            l.iter().any(|l| {
+                l["t"] == "event"
+                    && l["event"] == "error"
+                    && l["args"][0]["code"] == "invalid_filter"
+            })
+        })
+        .await;
+        assert!(c.of("disconnect").is_empty(), "{}", c.transcript());
+        drop(c);
         bridge.stop().await;
     });
 }

@@ -71,7 +71,7 @@ pub enum Emit {
     },
     /// A control frame: `event(body)`.
     Control {
-        /// `gap`, `error`, `pong`, `authenticated`.
+        /// `gap`, `error`, `pong`, `authenticated`, `broadcast`, `progress`.
         event: &'static str,
         /// The protocol v1 object.
         body: Box<RawValue>,
@@ -218,6 +218,28 @@ pub fn prepare(session: &mut Session, subs: &mut Subs, items: Vec<Outbound>) -> 
                                 "snapshot": true,
                                 "resume": positions_json(&sub.seen),
                             }),
+                        });
+                    }
+                }
+                ControlKind::Progress => {
+                    // A filtered subscription moved past records it was not sent: its resume
+                    // moves with it, so that a reconnect neither re-reads them nor reports a
+                    // replay_limit gap (docs/protocol.md, the progress rule).
+                    let (Some(channel), Some(next)) = (
+                        channel_of(&control.frame),
+                        subscribed_positions(&control.frame),
+                    ) else {
+                        continue;
+                    };
+                    let Some(sub) = subs.get_mut(&channel) else {
+                        continue;
+                    };
+                    advance(&mut sub.seen, next.into_iter().map(|(p, o)| (p, o - 1)));
+                    let body = json!({"channel": &*channel, "resume": positions_json(&sub.seen)});
+                    if let Some(body) = raw(&body.to_string()) {
+                        out.push(Emit::Control {
+                            event: "progress",
+                            body,
                         });
                     }
                 }
