@@ -106,7 +106,8 @@ async fn send(
     bootstrap: &str,
     records: &[Raw<'_>],
 ) -> Result<Vec<(i32, i64)>, Box<dyn std::error::Error>> {
-    let producer: FutureProducer = eventstream_testkit::kafka::producer_config(bootstrap).create()?;
+    let producer: FutureProducer =
+        eventstream_testkit::kafka::producer_config(bootstrap).create()?;
     let mut out = Vec::new();
     for r in records {
         let mut record: FutureRecord<'_, str, str> = FutureRecord::to(TOPIC);
