@@ -38,6 +38,8 @@ const POLL_SLICE: Duration = Duration::from_millis(50);
 const TXN_TIMEOUT: Duration = Duration::from_secs(30);
 /// How long the start waits for the topics to appear and for the state topic's end.
 const START_TIMEOUT: Duration = Duration::from_secs(60);
+/// Retries of a retriable commit error before the evaluator gives up (about 5 s in all).
+const COMMIT_RETRIES: u32 = 9;
 /// How often the stream's partition count is read again (partitions can be added).
 const PARTITION_REFRESH: Duration = Duration::from_secs(30);
 
@@ -526,11 +528,17 @@ impl Loop {
         self.producer
             .send_offsets_to_transaction(&offsets, &group, TXN_TIMEOUT)
             .map_err(kafka("adding the consumer offsets to the transaction"))?;
+        let mut attempt = 0u32;
         loop {
             match self.producer.commit_transaction(TXN_TIMEOUT) {
                 Ok(()) => return Ok(()),
-                Err(KafkaError::Transaction(e)) if e.is_retriable() => {
-                    tracing::warn!(error = %e, "committing the transaction again");
+                // Bounded: a broker that cannot end transactions at all (tansu 0.6 answers that
+                // EndTxn is unsupported, as retriable) must end the process with its error, not
+                // spin.
+                Err(KafkaError::Transaction(e)) if e.is_retriable() && attempt < COMMIT_RETRIES => {
+                    attempt += 1;
+                    tracing::warn!(error = %e, attempt, "committing the transaction again");
+                    std::thread::sleep(Duration::from_millis(100) * attempt);
                 }
                 Err(e) => {
                     return Err(EvaluatorError::Kafka {

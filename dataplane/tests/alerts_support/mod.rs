@@ -386,7 +386,9 @@ pub async fn sigkill_scenario(
 
     let first = samples(seed, 5, 300);
     eventstream_testkit::produce(boot, TOPIC, &first).await?;
-    wait_all_committed(boot, Duration::from_secs(60)).await?;
+    if let Err(e) = wait_all_committed(boot, Duration::from_secs(60)).await {
+        return Err(format!("{e}\nevaluator log:\n{}", evaluator.log()).into());
+    }
     let committed = read_to_end(boot, ALERTS, false)?;
     let committed_end = committed.iter().map(|r| r.offset).max().unwrap_or(-1);
 
