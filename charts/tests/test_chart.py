@@ -638,7 +638,7 @@ def selects(selector: dict, labels: dict) -> bool:
     return True
 
 
-@check("PodMonitor selects every golden bridge and sink pod on its `http` port, and not the operator")
+@check("PodMonitor selects every golden bridge, sink and alerts pod on its `http` port, and not the operator")
 def _():
     objs, _ = RENDERED["all features on"]
     pm = one(objs, "PodMonitor")

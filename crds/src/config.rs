@@ -17,8 +17,9 @@ use crate::defaults;
 use crate::duration::serde_str;
 use crate::pointer;
 use crate::v1alpha1::{
-    ChannelSpec, Compression, EnrichSpec, JwtAlgorithm, PayloadFormat, SaslMechanism,
-    SecurityProtocol, SinkMode, SlowClientPolicy, SocketIoSpec, StartFrom, Timescale, UpsertSpec,
+    ALERT_RULE_NAME_PATTERN, AlertSeverity, ChannelSpec, Compression, EnrichSpec, JwtAlgorithm,
+    PayloadFormat, SaslMechanism, SecurityProtocol, SinkMode, SlowClientPolicy, SocketIoSpec,
+    StartFrom, Timescale, UpsertSpec,
 };
 
 /// Environment variable holding the Kafka SASL username.
@@ -55,6 +56,9 @@ pub struct DataplaneConfig {
     /// Persistence into PostgreSQL; required by `sink` mode.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub sink: Option<SinkConfig>,
+    /// Threshold alerts derived from the stream; required by `alerts` mode.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub alerts: Option<AlertsConfig>,
 }
 
 /// The EventStream a dataplane serves.
@@ -339,6 +343,163 @@ pub struct OffsetReset {
     pub id: String,
     /// Partition → the offset it resumes from.
     pub offsets: BTreeMap<i32, i64>,
+}
+
+/// Threshold alerts: the evaluator (`eventstream-dataplane alerts`) reads the stream and writes
+/// alert transitions to `topic`, exactly once (Kafka transactions). `docs/alerts.md`.
+#[derive(Serialize, Deserialize, Clone, Debug, PartialEq, Eq)]
+#[serde(rename_all = "camelCase")]
+pub struct AlertsConfig {
+    /// Topic of the alert transitions (an ordinary stream for a second EventStream).
+    pub topic: String,
+    /// Compacted topic with the evaluator's state (pending and firing alerts) and its input
+    /// positions, written in the same transaction as the transitions.
+    pub state_topic: String,
+    /// Consumer group whose offsets the transactions commit (lag, tooling).
+    pub consumer_group: String,
+    /// `transactional.id` of the evaluator's producer: one per stream, so that a new evaluator
+    /// fences the previous one and aborts its open transaction.
+    pub transactional_id: String,
+    /// JSON pointer to the field that names what an alert is about, e.g. `/serverId`.
+    pub key: String,
+    /// Where a new evaluator (no state yet) starts reading the stream.
+    #[serde(default)]
+    pub start_from: StartFrom,
+    /// Most input records per transaction.
+    #[serde(default = "default_alerts_max_batch")]
+    pub max_batch: u32,
+    /// Longest a transaction stays open collecting records before it commits.
+    #[serde(default = "default_alerts_commit_interval", with = "serde_str")]
+    pub commit_interval: Duration,
+    /// The rules, each evaluated on every record of the stream.
+    pub rules: Vec<AlertRuleConfig>,
+}
+
+/// One threshold rule.
+#[derive(Serialize, Deserialize, Clone, Debug, PartialEq, Eq)]
+#[serde(rename_all = "camelCase")]
+pub struct AlertRuleConfig {
+    /// Rule name (a DNS label), unique in the stream.
+    pub name: String,
+    /// CEL condition on the record (`data`, `key`, `headers`, `partition`, `offset`, `timestamp`).
+    pub when: String,
+    /// Severity of the alert.
+    pub severity: AlertSeverity,
+    /// How long `when` must hold, in record time, before the alert fires (`0s`: at once).
+    #[serde(default, rename = "for", with = "serde_str")]
+    pub hold: Duration,
+    /// CEL condition that resolves a firing alert; absent: `!(when)`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub clear_when: Option<String>,
+}
+
+/// Longest CEL expression accepted in a rule.
+pub const MAX_ALERT_EXPRESSION_LENGTH: usize = 2048;
+/// Most rules per stream.
+pub const MAX_ALERT_RULES: usize = 100;
+
+impl AlertsConfig {
+    /// `maxBatch` when the config leaves it out.
+    pub const DEFAULT_MAX_BATCH: u32 = 1000;
+    /// `commitInterval` when the config leaves it out.
+    pub const DEFAULT_COMMIT_INTERVAL: Duration = Duration::from_millis(200);
+}
+
+fn default_alerts_max_batch() -> u32 {
+    AlertsConfig::DEFAULT_MAX_BATCH
+}
+fn default_alerts_commit_interval() -> Duration {
+    AlertsConfig::DEFAULT_COMMIT_INTERVAL
+}
+
+/// Checks a CEL expression of an alert rule: not empty, not too long, and it parses.
+pub fn check_alert_expression(expression: &str) -> Result<(), String> {
+    if expression.trim().is_empty() {
+        return Err("must not be empty".into());
+    }
+    if expression.len() > MAX_ALERT_EXPRESSION_LENGTH {
+        return Err(format!(
+            "is {} bytes long; at most {MAX_ALERT_EXPRESSION_LENGTH}",
+            expression.len()
+        ));
+    }
+    cel::Program::compile(expression)
+        .map(|_| ())
+        .map_err(|e| format!("is not a valid CEL expression: {e}"))
+}
+
+fn check_alerts(alerts: &AlertsConfig, stream_topic: &str, bad: &mut impl FnMut(&str, String)) {
+    for (path, topic) in [
+        ("alerts.topic", &alerts.topic),
+        ("alerts.stateTopic", &alerts.state_topic),
+    ] {
+        if let Err(reason) = check_topic_name(topic) {
+            bad(path, reason);
+        } else if topic == stream_topic {
+            bad(path, "must differ from the stream's topic".into());
+        }
+    }
+    if alerts.topic == alerts.state_topic {
+        bad("alerts.stateTopic", "must differ from alerts.topic".into());
+    }
+    if alerts.consumer_group.is_empty() {
+        bad("alerts.consumerGroup", "must not be empty".into());
+    }
+    if alerts.transactional_id.is_empty() {
+        bad("alerts.transactionalId", "must not be empty".into());
+    }
+    if let Err(e) = pointer::check(&alerts.key) {
+        bad("alerts.key", e.to_string());
+    }
+    if alerts.max_batch == 0 || alerts.max_batch > 100_000 {
+        bad("alerts.maxBatch", "must be between 1 and 100000".into());
+    }
+    if alerts.commit_interval.is_zero() || alerts.commit_interval > Duration::from_secs(60) {
+        bad(
+            "alerts.commitInterval",
+            "must be greater than zero and at most 1m (Kafka aborts long transactions)".into(),
+        );
+    }
+    if alerts.rules.is_empty() || alerts.rules.len() > MAX_ALERT_RULES {
+        bad(
+            "alerts.rules",
+            format!("must hold 1 to {MAX_ALERT_RULES} rules"),
+        );
+    }
+    let name_pattern = regex_lite_dns_label;
+    let mut seen = std::collections::BTreeSet::new();
+    for (i, rule) in alerts.rules.iter().enumerate() {
+        if !name_pattern(&rule.name) {
+            bad(
+                &format!("alerts.rules[{i}].name"),
+                format!("{:?} must match {ALERT_RULE_NAME_PATTERN}", rule.name),
+            );
+        } else if !seen.insert(rule.name.as_str()) {
+            bad(
+                &format!("alerts.rules[{i}].name"),
+                format!("{:?} is used by another rule", rule.name),
+            );
+        }
+        if let Err(reason) = check_alert_expression(&rule.when) {
+            bad(&format!("alerts.rules[{i}].when"), reason);
+        }
+        if let Some(clear) = &rule.clear_when
+            && let Err(reason) = check_alert_expression(clear)
+        {
+            bad(&format!("alerts.rules[{i}].clearWhen"), reason);
+        }
+    }
+}
+
+/// [`ALERT_RULE_NAME_PATTERN`] without a regex engine: a DNS label of at most 63 characters.
+fn regex_lite_dns_label(name: &str) -> bool {
+    let bytes = name.as_bytes();
+    let edge = |b: &u8| b.is_ascii_lowercase() || b.is_ascii_digit();
+    !bytes.is_empty()
+        && bytes.len() <= 63
+        && bytes.first().is_some_and(edge)
+        && bytes.last().is_some_and(edge)
+        && bytes.iter().all(|b| edge(b) || *b == b'-')
 }
 
 /// One problem in a config: where and what.
@@ -642,6 +803,10 @@ impl DataplaneConfig {
                 }
             }
         }
+
+        if let Some(alerts) = &self.alerts {
+            check_alerts(alerts, &self.topic, &mut bad);
+        }
         out
     }
 }
@@ -944,6 +1109,70 @@ sink: { table: Bad-Table, maxRows: 0, deadLetterTopic: shop.clicks.dlq, consumer
         );
         assert!(text.contains("stream.namespace: must not be empty"));
         assert!(text.contains("stream.name: must not be empty"));
+    }
+
+    const ALERTS: &str = "
+alerts:
+  topic: shop.clicks.alerts
+  stateTopic: shop.clicks.alerts.state
+  consumerGroup: g
+  transactionalId: t
+  key: /serverId
+  rules:
+    - { name: cpu-critical, when: 'data.cpu > 90.0', severity: critical, for: 1m }
+    - { name: mem, when: 'data.mem > 90.0', clearWhen: 'data.mem < 80.0', severity: warning }
+";
+
+    #[test]
+    fn an_alerts_section_gets_defaults_and_round_trips() {
+        let config = DataplaneConfig::from_yaml(&format!("{MINIMAL}{ALERTS}")).expect("valid");
+        let alerts = config.alerts.clone().expect("alerts");
+        assert_eq!(alerts.max_batch, 1000);
+        assert_eq!(alerts.commit_interval, Duration::from_millis(200));
+        assert_eq!(alerts.start_from, StartFrom::Latest);
+        assert_eq!(alerts.rules[0].hold, Duration::from_secs(60));
+        assert_eq!(alerts.rules[1].hold, Duration::ZERO);
+        assert_eq!(alerts.rules[1].severity, AlertSeverity::Warning);
+        let again = DataplaneConfig::from_yaml(&config.to_yaml()).expect("valid");
+        assert_eq!(again, config);
+    }
+
+    #[test]
+    fn bad_alert_rules_are_refused_each_with_its_path() {
+        let text = format!(
+            "{MINIMAL}{}",
+            ALERTS
+                .replace(
+                    "stateTopic: shop.clicks.alerts.state",
+                    "stateTopic: shop.clicks"
+                )
+                .replace("key: /serverId", "key: serverId")
+                .replace("name: mem", "name: Mem")
+                .replace("'data.cpu > 90.0'", "'data.cpu >'")
+        );
+        assert_eq!(
+            paths(&text),
+            [
+                "alerts.stateTopic",
+                "alerts.key",
+                "alerts.rules[0].when",
+                "alerts.rules[1].name"
+            ]
+        );
+        let dup = format!(
+            "{MINIMAL}{}",
+            ALERTS.replace("name: mem", "name: cpu-critical")
+        );
+        assert_eq!(paths(&dup), ["alerts.rules[1].name"]);
+        let severity = format!(
+            "{MINIMAL}{}",
+            ALERTS.replace("severity: warning", "severity: page")
+        );
+        assert_eq!(paths(&severity), ["alerts.rules[1].severity"]);
+        let none = format!(
+            "{MINIMAL}alerts: {{ topic: a, stateTopic: b, consumerGroup: g, transactionalId: t, key: /k, rules: [] }}\n"
+        );
+        assert_eq!(paths(&none), ["alerts.rules"]);
     }
 
     #[test]

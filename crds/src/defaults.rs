@@ -46,6 +46,8 @@ pub const PUBLISH_CLAIM: &str = "publish";
 pub const BATCH_MAX_ROWS: u32 = 5000;
 /// Longest a record waits before its batch is written.
 pub const BATCH_MAX_DELAY: &str = "1s";
+/// `for` of an alert rule: fire on the first record where `when` holds.
+pub const ALERT_FOR: &str = "0s";
 /// Address of the dataplane's HTTP server (ingest, `/ws`, `/sse`, probes, metrics).
 pub const LISTEN: SocketAddr = SocketAddr::V4(SocketAddrV4::new(Ipv4Addr::UNSPECIFIED, 8080));
 /// How long a dataplane's shutdown waits for clients and in-flight work.
@@ -122,6 +124,9 @@ pub(crate) mod text {
     }
     pub(crate) fn batch_max_delay() -> String {
         super::BATCH_MAX_DELAY.into()
+    }
+    pub(crate) fn alert_for() -> String {
+        super::ALERT_FOR.into()
     }
 }
 

@@ -6,8 +6,8 @@ use std::collections::BTreeMap;
 use std::net::SocketAddr;
 
 use crate::config::{
-    AuthConfig, DataplaneConfig, IngestConfig, KafkaConfig, OffsetReset, ServerConfig, SinkConfig,
-    StreamId, WebSocketConfig,
+    AlertRuleConfig, AlertsConfig, AuthConfig, DataplaneConfig, IngestConfig, KafkaConfig,
+    OffsetReset, ServerConfig, SinkConfig, StreamId, WebSocketConfig,
 };
 use crate::v1alpha1::EventStream;
 use crate::{defaults, duration};
@@ -184,6 +184,33 @@ pub fn dataplane_config(
         None => None,
     };
 
+    let alerts = match &spec.alerts {
+        Some(a) => {
+            let mut rules = Vec::with_capacity(a.rules.len());
+            for r in &a.rules {
+                rules.push(AlertRuleConfig {
+                    name: r.name.clone(),
+                    when: r.when.clone(),
+                    severity: r.severity,
+                    hold: parse_duration("alerts.rules[].for", &r.hold)?,
+                    clear_when: r.clear_when.clone(),
+                });
+            }
+            Some(AlertsConfig {
+                topic: stream.alerts_topic(),
+                state_topic: stream.alerts_state_topic(),
+                consumer_group: stream.alerts_group(),
+                transactional_id: stream.alerts_group(),
+                key: a.key.clone(),
+                start_from: a.start_from,
+                max_batch: AlertsConfig::DEFAULT_MAX_BATCH,
+                commit_interval: AlertsConfig::DEFAULT_COMMIT_INTERVAL,
+                rules,
+            })
+        }
+        None => None,
+    };
+
     let config = DataplaneConfig {
         stream: StreamId { namespace, name },
         kafka,
@@ -196,6 +223,7 @@ pub fn dataplane_config(
         websocket,
         auth,
         sink,
+        alerts,
     };
     let problems = config.validate();
     if problems.is_empty() {
@@ -339,6 +367,31 @@ persistence:
         );
         let err = dataplane_config(&es, &RenderDefaults::default()).expect_err("invalid");
         assert!(err.to_string().contains("sink.upsert"), "{err}");
+    }
+
+    #[test]
+    fn alerts_reach_the_config_with_their_topics_group_and_rules() {
+        let es = stream(
+            r#"
+kafka: { bootstrapServers: "k:1" }
+alerts:
+  key: /serverId
+  rules:
+    - { name: cpu-critical, when: "data.metrics.cpu > 90.0", severity: critical, for: 1m }
+"#,
+        );
+        let config = dataplane_config(&es, &RenderDefaults::default()).expect("renders");
+        let alerts = config.alerts.expect("alerts");
+        assert_eq!(alerts.topic, "racing.telemetry.alerts");
+        assert_eq!(alerts.state_topic, "racing.telemetry.alerts.state");
+        assert_eq!(alerts.consumer_group, "eventstream.racing.telemetry.alerts");
+        assert_eq!(alerts.transactional_id, alerts.consumer_group);
+        assert_eq!(alerts.rules[0].hold, std::time::Duration::from_secs(60));
+        let bad = stream(
+            "kafka: { bootstrapServers: 'k:1' }\nalerts: { key: /k, rules: [{ name: r, when: 'data.x >', severity: info }] }",
+        );
+        let err = dataplane_config(&bad, &RenderDefaults::default()).expect_err("bad CEL");
+        assert!(err.to_string().contains("alerts.rules[0].when"), "{err}");
     }
 
     #[test]

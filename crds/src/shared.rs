@@ -198,6 +198,36 @@ pub enum StartFrom {
     Earliest,
 }
 
+/// How serious an alert is: the `severity` of its events and of the
+/// `eventstream_alerts_firing` metric.
+#[derive(
+    JsonSchema, Serialize, Deserialize, Clone, Copy, Debug, PartialEq, Eq, Hash, PartialOrd, Ord,
+)]
+#[serde(rename_all = "lowercase")]
+pub enum AlertSeverity {
+    /// Worth knowing, nothing to do yet.
+    Info,
+    /// Needs attention soon.
+    Warning,
+    /// Needs attention now.
+    Critical,
+}
+
+impl AlertSeverity {
+    /// The value as written in specs, events and metric labels.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Self::Info => "info",
+            Self::Warning => "warning",
+            Self::Critical => "critical",
+        }
+    }
+}
+
+/// Pattern of an alert rule name: a DNS label, so that `<rule>/<key>` (the alert's Kafka key)
+/// splits unambiguously at its first '/' and the name is a safe metric label value.
+pub const ALERT_RULE_NAME_PATTERN: &str = r"^[a-z0-9]([-a-z0-9]{0,61}[a-z0-9])?$";
+
 /// Policy for a client whose queue is full.
 #[derive(JsonSchema, Serialize, Deserialize, Clone, Copy, Debug, PartialEq, Eq, Default)]
 #[serde(rename_all = "camelCase")]

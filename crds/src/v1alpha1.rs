@@ -15,10 +15,10 @@ use serde::{Deserialize, Serialize};
 
 use crate::defaults;
 pub use crate::shared::{
-    ChannelSpec, Compression, DURATION_PATTERN, EnrichSpec, JSON_POINTER_PATTERN, JwtAlgorithm,
-    PayloadFormat, SOCKETIO_RESERVED_EVENTS, SaslMechanism, SecurityProtocol, SinkMode,
-    SlowClientPolicy, SocketIoAlias, SocketIoPayload, SocketIoSpec, StartFrom, TABLE_NAME_PATTERN,
-    TOPIC_NAME_PATTERN, Timescale, Tombstones, UpsertSpec,
+    ALERT_RULE_NAME_PATTERN, AlertSeverity, ChannelSpec, Compression, DURATION_PATTERN, EnrichSpec,
+    JSON_POINTER_PATTERN, JwtAlgorithm, PayloadFormat, SOCKETIO_RESERVED_EVENTS, SaslMechanism,
+    SecurityProtocol, SinkMode, SlowClientPolicy, SocketIoAlias, SocketIoPayload, SocketIoSpec,
+    StartFrom, TABLE_NAME_PATTERN, TOPIC_NAME_PATTERN, Timescale, Tombstones, UpsertSpec,
 };
 
 /// Longest `metadata.name` of an EventStream: its objects are named `<name>-bridge`,
@@ -78,6 +78,66 @@ pub struct EventStreamSpec {
     /// The sink Deployment (only created when `persistence` is set).
     #[serde(default)]
     pub sink: WorkloadSpec,
+    /// Optional threshold alerts: an evaluator Deployment (`<name>-alerts`, one pod) turns the
+    /// stream into alert transitions on an alerts topic, exactly once (Kafka transactions).
+    /// The alerts topic is an ordinary topic: a second EventStream on it fans the alerts out
+    /// and persists them.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub alerts: Option<AlertsSpec>,
+}
+
+/// Threshold alerts derived from the stream (`docs/alerts.md`).
+#[derive(JsonSchema, Serialize, Deserialize, Clone, Debug, PartialEq)]
+#[serde(rename_all = "camelCase")]
+pub struct AlertsSpec {
+    /// Topic of the alert transitions, created with the stream's partitions, replication and
+    /// deletion policy. Default `<topic>.alerts`. The evaluator's state lives next to it in the
+    /// compacted topic `<alerts topic>.state`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(regex(pattern = TOPIC_NAME_PATTERN))]
+    pub topic: Option<String>,
+    /// JSON pointer to the field that names what an alert is about, e.g. `/serverId`: one
+    /// alert per rule and value. Records without it are skipped (and counted).
+    #[schemars(regex(pattern = JSON_POINTER_PATTERN))]
+    pub key: String,
+    /// Where a new evaluator (no state yet) starts reading the stream.
+    #[serde(default)]
+    pub start_from: StartFrom,
+    /// The rules, evaluated on every record.
+    #[schemars(length(min = 1, max = 100))]
+    #[schemars(extend("x-kubernetes-list-type" = "map", "x-kubernetes-list-map-keys" = ["name"]))]
+    pub rules: Vec<AlertRuleSpec>,
+    /// Container image of the evaluator. Omitted: the operator's dataplane image.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(length(min = 1, max = 1024))]
+    pub image: Option<String>,
+    /// Resources of the evaluator container.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub resources: Option<ResourceRequirements>,
+}
+
+/// One threshold rule.
+#[derive(JsonSchema, Serialize, Deserialize, Clone, Debug, PartialEq, Eq)]
+#[serde(rename_all = "camelCase")]
+pub struct AlertRuleSpec {
+    /// Rule name, unique in the stream (a DNS label): the `rule` of its events and metrics.
+    #[schemars(regex(pattern = ALERT_RULE_NAME_PATTERN))]
+    pub name: String,
+    /// CEL condition on a record, e.g. `data.metrics.cpu > 90.0`. Variables: `data` (the JSON
+    /// payload), `key`, `headers`, `partition`, `offset`, `timestamp` (Unix ms).
+    #[schemars(length(min = 1, max = 2048))]
+    pub when: String,
+    /// Severity of the alert.
+    pub severity: AlertSeverity,
+    /// How long `when` must hold, in record time, before the alert fires, e.g. `1m`. `0s`:
+    /// the first record where it holds fires it.
+    #[serde(rename = "for", default = "defaults::text::alert_for")]
+    #[schemars(regex(pattern = DURATION_PATTERN))]
+    pub hold: String,
+    /// CEL condition that resolves a firing alert. Omitted: `!(when)`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(length(min = 1, max = 2048))]
+    pub clear_when: Option<String>,
 }
 
 /// How to reach the Kafka cluster.
@@ -641,6 +701,29 @@ impl EventStream {
                     self.metadata.name.as_deref().unwrap_or_default()
                 )
             })
+    }
+
+    /// The alerts topic: `spec.alerts.topic`, default `<topic>.alerts`.
+    pub fn alerts_topic(&self) -> String {
+        self.spec
+            .alerts
+            .as_ref()
+            .and_then(|a| a.topic.clone())
+            .unwrap_or_else(|| format!("{}.alerts", self.topic_name()))
+    }
+
+    /// The evaluator's compacted state topic: `<alerts topic>.state`.
+    pub fn alerts_state_topic(&self) -> String {
+        format!("{}.state", self.alerts_topic())
+    }
+
+    /// The evaluator's consumer group and `transactional.id`: `eventstream.<namespace>.<name>.alerts`.
+    pub fn alerts_group(&self) -> String {
+        format!(
+            "eventstream.{}.{}.alerts",
+            self.metadata.namespace.as_deref().unwrap_or("default"),
+            self.metadata.name.as_deref().unwrap_or_default()
+        )
     }
 
     /// The dead-letter topic of the sink: `persistence.deadLetterTopic`, or `<topic>.dlq`.

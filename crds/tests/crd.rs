@@ -154,7 +154,10 @@ fn every_example_is_accepted_and_renders_a_dataplane_config() {
         assert_eq!(reread, config);
         seen += 1;
     }
-    assert_eq!(seen, 5, "one example per seed use case");
+    assert_eq!(
+        seen, 6,
+        "one example per seed use case, and seed 003's alerts stream"
+    );
 }
 
 #[test]

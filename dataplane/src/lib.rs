@@ -9,8 +9,10 @@
 //! - [`cross_origin`]: the browser origins allowed on every bridge route (CORS, WebSocket `Origin`).
 //! - [`relay`]: Kafka → WebSocket/SSE fan-out with lossless resume.
 //! - [`sink`]: Kafka → PostgreSQL, exactly once.
+//! - [`alerts`]: threshold alerts derived from the stream, exactly once (Kafka transactions).
 #![deny(missing_docs)]
 
+pub mod alerts;
 pub mod auth;
 pub mod bridge;
 pub mod cel;

@@ -2,6 +2,7 @@
 //!
 //! - `bridge --config FILE`: HTTP ingest into Kafka and Kafka fan-out to WebSocket/SSE clients.
 //! - `sink --config FILE`: Kafka into PostgreSQL, exactly once.
+//! - `alerts --config FILE`: threshold alerts from the stream into its alerts topic, exactly once.
 //! - `check-config --config FILE`: validate a config and print every problem.
 //! - `standalone`: everything in one process with an embedded broker, for a laptop.
 
@@ -11,7 +12,7 @@ use std::process::ExitCode;
 use anyhow::{Context, Result};
 use clap::{Parser, Subcommand};
 use eventstream_crds::config::DataplaneConfig;
-use eventstream_dataplane::{bridge, server, sink, telemetry};
+use eventstream_dataplane::{alerts, bridge, server, sink, telemetry};
 
 #[derive(Parser, Debug)]
 #[command(
@@ -35,6 +36,12 @@ enum Mode {
     /// Kafka → PostgreSQL, exactly once, for one stream.
     Sink {
         /// Dataplane config (YAML) with a `sink` section.
+        #[arg(long, env = "EVENTSTREAM_CONFIG")]
+        config: PathBuf,
+    },
+    /// Threshold alerts: the stream → alert transitions on the alerts topic, exactly once.
+    Alerts {
+        /// Dataplane config (YAML) with an `alerts` section.
         #[arg(long, env = "EVENTSTREAM_CONFIG")]
         config: PathBuf,
     },
@@ -78,6 +85,14 @@ fn run_sink(config: DataplaneConfig) -> Result<()> {
     })
 }
 
+fn run_alerts(config: DataplaneConfig) -> Result<()> {
+    telemetry::init_logging();
+    runtime()?.block_on(async move {
+        let shutdown = server::shutdown_on_signal();
+        alerts::run(config, prometheus::Registry::new(), shutdown).await
+    })
+}
+
 fn main() -> ExitCode {
     let cli = Cli::parse();
     let result = match cli.mode {
@@ -90,6 +105,7 @@ fn main() -> ExitCode {
         }),
         Mode::Bridge { config } => load(&config).and_then(run_bridge),
         Mode::Sink { config } => load(&config).and_then(run_sink),
+        Mode::Alerts { config } => load(&config).and_then(run_alerts),
         Mode::Standalone(args) => eventstream_dataplane::standalone::main(*args),
     };
     match result {

@@ -11,7 +11,7 @@ use eventstream_crds::config::{
 };
 use eventstream_crds::render::{self, KAFKA_CA_FILE, RenderError};
 use eventstream_crds::v1alpha1::WorkloadSpec;
-use k8s_openapi::api::apps::v1::{Deployment, DeploymentSpec};
+use k8s_openapi::api::apps::v1::{Deployment, DeploymentSpec, DeploymentStrategy};
 use k8s_openapi::api::core::v1::{
     Affinity, Capabilities, ConfigMap, ConfigMapVolumeSource, Container, ContainerPort,
     EmptyDirVolumeSource, EnvVar, EnvVarSource, HTTPGetAction, KeyToPath, PodAffinityTerm,
@@ -44,21 +44,24 @@ pub const RUN_AS: i64 = 65532;
 /// Longest DNS-1035 label (Service names, label values).
 const MAX_LABEL: usize = 63;
 
-/// The two dataplane workloads.
+/// The dataplane workloads.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Component {
     /// Ingest and fan-out.
     Bridge,
     /// Kafka → PostgreSQL.
     Sink,
+    /// Threshold alerts: the stream → its alerts topic (one pod).
+    Alerts,
 }
 
 impl Component {
-    /// `bridge` or `sink`: the dataplane mode, the name suffix and the component label.
+    /// `bridge`, `sink` or `alerts`: the dataplane mode, the name suffix and the component label.
     pub fn as_str(self) -> &'static str {
         match self {
             Component::Bridge => "bridge",
             Component::Sink => "sink",
+            Component::Alerts => "alerts",
         }
     }
 }
@@ -113,10 +116,14 @@ pub struct Children {
     pub sink: Option<Deployment>,
     /// PDB of the sink when it has more than one replica.
     pub sink_pdb: Option<PodDisruptionBudget>,
+    /// The alerts evaluator when `alerts` is set.
+    pub alerts: Option<Deployment>,
     /// ServiceMonitor for the bridge when the CRD exists.
     pub service_monitor: Option<DynamicObject>,
     /// PodMonitor for the sink when the CRD exists and the sink does.
     pub pod_monitor: Option<DynamicObject>,
+    /// PodMonitor for the alerts evaluator when the CRD exists and the evaluator does.
+    pub alerts_pod_monitor: Option<DynamicObject>,
 }
 
 /// The kinds of object a stream owns. Applying, sweeping and watching all iterate this one
@@ -207,6 +214,7 @@ impl Children {
     pub fn desired(&self, es: &EventStream, cfg: &crate::OperatorConfig) -> Vec<DesiredChild> {
         let bridge = workload_name(es, Component::Bridge);
         let sink = workload_name(es, Component::Sink);
+        let alerts = workload_name(es, Component::Alerts);
         let slot = |kind, name: &String, object: Option<ChildObject>| DesiredChild {
             kind,
             name: name.clone(),
@@ -246,6 +254,11 @@ impl Children {
                 self.sink_pdb.clone().map(ChildObject::PodDisruptionBudget),
             ),
             slot(
+                ChildKind::Deployment,
+                &alerts,
+                self.alerts.clone().map(ChildObject::Deployment),
+            ),
+            slot(
                 ChildKind::ServiceMonitor,
                 &bridge,
                 self.service_monitor.clone().map(ChildObject::Monitor),
@@ -254,6 +267,11 @@ impl Children {
                 ChildKind::PodMonitor,
                 &sink,
                 self.pod_monitor.clone().map(ChildObject::Monitor),
+            ),
+            slot(
+                ChildKind::PodMonitor,
+                &alerts,
+                self.alerts_pod_monitor.clone().map(ChildObject::Monitor),
             ),
         ]
         .into_iter()
@@ -286,7 +304,16 @@ pub fn build(
     } else {
         None
     };
+    let alerts = es
+        .spec
+        .alerts
+        .as_ref()
+        .map(|_| deployment(es, cfg, Component::Alerts, &config_hash, None));
+    let alerts_pod_monitor =
+        (cfg.pod_monitor && alerts.is_some()).then(|| pod_monitor_for(es, cfg, Component::Alerts));
     Ok(Children {
+        alerts,
+        alerts_pod_monitor,
         bridge_service: bridge_service(es),
         bridge_pdb: pdb(es, Component::Bridge, es.spec.bridge.replicas),
         sink_pdb,
@@ -299,7 +326,7 @@ pub fn build(
     })
 }
 
-/// `<name>-bridge` / `<name>-sink`: Deployment, Service and PDB names.
+/// `<name>-bridge` / `<name>-sink` / `<name>-alerts`: Deployment, Service and PDB names.
 pub fn workload_name(es: &EventStream, component: Component) -> String {
     format!("{}-{}", es.name_any(), component.as_str())
 }
@@ -323,6 +350,7 @@ pub fn validate_names(es: &EventStream) -> Result<(), BuildError> {
     for child in [
         workload_name(es, Component::Bridge),
         workload_name(es, Component::Sink),
+        workload_name(es, Component::Alerts),
         config_map_name(es),
     ] {
         if !is_dns_label(&child) {
@@ -390,10 +418,17 @@ pub fn config_hash(cm: &ConfigMap) -> String {
     hex::encode(&hasher.finalize()[..16])
 }
 
-fn workload_spec(es: &EventStream, component: Component) -> &WorkloadSpec {
+fn workload_spec(es: &EventStream, component: Component) -> WorkloadSpec {
     match component {
-        Component::Bridge => &es.spec.bridge,
-        Component::Sink => &es.spec.sink,
+        Component::Bridge => es.spec.bridge.clone(),
+        Component::Sink => es.spec.sink.clone(),
+        // One evaluator per stream: its transactional.id fences any other, so a second replica
+        // could only fail.
+        Component::Alerts => WorkloadSpec {
+            replicas: 1,
+            resources: es.spec.alerts.as_ref().and_then(|a| a.resources.clone()),
+            image: es.spec.alerts.as_ref().and_then(|a| a.image.clone()),
+        },
     }
 }
 
@@ -463,7 +498,8 @@ impl SecretUse {
     }
 }
 
-const BOTH: &[Component] = &[Component::Bridge, Component::Sink];
+/// Every workload that talks to Kafka.
+const BOTH: &[Component] = &[Component::Bridge, Component::Sink, Component::Alerts];
 
 /// Every Secret `es` references, in the order env vars and volumes appear in the pods.
 /// Secrets reach pods only as environment variables or mounted files, never through the
@@ -856,6 +892,12 @@ pub fn deployment(
                 ..LabelSelector::default()
             },
             template: pod_template(es, cfg, component, config_hash),
+            // The evaluator's new pod fences the old one anyway (transactional.id); Recreate
+            // spares it a start that can only end in being fenced.
+            strategy: (component == Component::Alerts).then(|| DeploymentStrategy {
+                type_: Some("Recreate".into()),
+                ..DeploymentStrategy::default()
+            }),
             ..DeploymentSpec::default()
         }),
         ..Deployment::default()
@@ -958,12 +1000,21 @@ pub fn service_monitor(es: &EventStream, cfg: &crate::OperatorConfig) -> Dynamic
 
 /// Scrapes `/metrics` on the sink pods (the sink has no Service).
 pub fn pod_monitor(es: &EventStream, cfg: &crate::OperatorConfig) -> DynamicObject {
+    pod_monitor_for(es, cfg, Component::Sink)
+}
+
+/// Scrapes `/metrics` on the pods of a workload without a Service (the sink, the evaluator).
+pub fn pod_monitor_for(
+    es: &EventStream,
+    cfg: &crate::OperatorConfig,
+    component: Component,
+) -> DynamicObject {
     dynamic(
         es,
         &pod_monitor_resource(),
-        Component::Sink,
+        component,
         serde_json::json!({
-            "selector": { "matchLabels": selector_labels(es, Some(Component::Sink)) },
+            "selector": { "matchLabels": selector_labels(es, Some(component)) },
             "podMetricsEndpoints": [{ "port": HTTP_PORT_NAME, "path": "/metrics" }],
         }),
         cfg,
@@ -1144,6 +1195,58 @@ mod tests {
                     .all(|m| !m.mount_path.contains("postgres")),
             "the bridge gets no database material"
         );
+    }
+
+    #[test]
+    fn alerts_get_one_evaluator_pod_with_the_kafka_secret_and_a_pod_monitor() {
+        let spec = "kafka: { securityProtocol: SASL_SSL, secretRef: { name: kafka-creds } }\n\
+                    alerts: { key: /serverId, rules: [{ name: cpu, when: 'data.cpu > 90.0', severity: critical }] }";
+        let mut config = cfg();
+        config.pod_monitor = true;
+        let ch = build(&stream(spec), &config, false).unwrap();
+        let d = ch.alerts.expect("evaluator");
+        assert_eq!(d.metadata.name.as_deref(), Some("telemetry-alerts"));
+        let deployment = d.spec.as_ref().unwrap();
+        assert_eq!(deployment.replicas, Some(1));
+        assert_eq!(
+            deployment
+                .strategy
+                .as_ref()
+                .and_then(|s| s.type_.as_deref()),
+            Some("Recreate")
+        );
+        let c = container(&d);
+        assert_eq!(
+            c.args.as_deref(),
+            Some(&["alerts".to_string(), "--config".into(), CONFIG_PATH.into()][..])
+        );
+        let env: Vec<&str> = c.env.iter().flatten().map(|e| e.name.as_str()).collect();
+        assert!(
+            env.contains(&ENV_KAFKA_USERNAME) && env.contains(&ENV_KAFKA_PASSWORD),
+            "{env:?}"
+        );
+        assert!(!env.contains(&ENV_POSTGRES_URL));
+        let monitor = ch.alerts_pod_monitor.expect("pod monitor");
+        assert_eq!(monitor.metadata.name.as_deref(), Some("telemetry-alerts"));
+        assert!(
+            ch.config_map.data.unwrap()[CONFIG_KEY]
+                .contains("transactionalId: eventstream.racing.telemetry.alerts")
+        );
+        let names: Vec<_> = Children::desired(
+            &build(&stream(spec), &config, false).unwrap(),
+            &stream(spec),
+            &config,
+        )
+        .into_iter()
+        .filter(|c| c.object.is_some())
+        .map(|c| format!("{:?}/{}", c.kind, c.name))
+        .collect();
+        assert!(
+            names.contains(&"Deployment/telemetry-alerts".to_string()),
+            "{names:?}"
+        );
+        let without = build(&stream("{}"), &config, false).unwrap();
+        assert!(without.alerts.is_none() && without.alerts_pod_monitor.is_none());
     }
 
     #[test]

@@ -13,6 +13,8 @@ pub const TOPIC_READY: &str = "TopicReady";
 pub const BRIDGE_READY: &str = "BridgeReady";
 /// The sink is ready, or not configured.
 pub const SINK_READY: &str = "SinkReady";
+/// The alerts topics exist and the evaluator is ready; present only with `spec.alerts`.
+pub const ALERTS_READY: &str = "AlertsReady";
 /// All of the above.
 pub const READY: &str = "Ready";
 
@@ -199,16 +201,39 @@ pub fn all(
     generation: Option<i64>,
     now: Timestamp,
 ) -> Vec<Condition> {
-    let ready = ready(topic, bridge, sink);
-    [
+    with_alerts(existing, topic, bridge, sink, None, generation, now)
+}
+
+/// [`all`] plus `AlertsReady` (before `Ready`, which then includes it) when the stream has
+/// `spec.alerts`.
+pub fn with_alerts(
+    existing: &[Condition],
+    topic: &Check,
+    bridge: &Check,
+    sink: &Check,
+    alerts: Option<&Check>,
+    generation: Option<i64>,
+    now: Timestamp,
+) -> Vec<Condition> {
+    let mut ready = ready(topic, bridge, sink);
+    if let Some(a) = alerts
+        && ready.ok
+        && !a.ok
+    {
+        ready = Check::fail(&a.reason, a.message.clone());
+    }
+    let mut list = vec![
         (TOPIC_READY, topic),
         (BRIDGE_READY, bridge),
         (SINK_READY, sink),
-        (READY, &ready),
-    ]
-    .into_iter()
-    .map(|(t, c)| condition(existing, t, c, generation, now))
-    .collect()
+    ];
+    if let Some(a) = alerts {
+        list.push((ALERTS_READY, a));
+    }
+    list.push((READY, &ready));
+    list.into_iter()
+        .map(|(t, c)| condition(existing, t, c, generation, now))
+        .collect()
 }
 
 /// `s` cut to at most `max` bytes plus `…` (at a character boundary).
@@ -231,6 +256,30 @@ mod tests {
 
     fn t(secs: i64) -> Timestamp {
         Timestamp::from_second(secs).unwrap()
+    }
+
+    #[test]
+    fn alerts_ready_appears_only_with_alerts_and_counts_for_ready() {
+        let ok = Check::ok("ReplicasReady", "ok");
+        let bad = Check::fail("AlertsTopicNotReady", "no ACL");
+        let without = with_alerts(&[], &ok, &ok, &ok, None, Some(1), t(1));
+        assert!(without.iter().all(|c| c.type_ != ALERTS_READY));
+        assert_eq!(without, all(&[], &ok, &ok, &ok, Some(1), t(1)));
+        let with = with_alerts(&[], &ok, &ok, &ok, Some(&bad), Some(1), t(1));
+        let types: Vec<&str> = with.iter().map(|c| c.type_.as_str()).collect();
+        assert_eq!(
+            types,
+            [TOPIC_READY, BRIDGE_READY, SINK_READY, ALERTS_READY, READY]
+        );
+        let ready = with.iter().find(|c| c.type_ == READY).unwrap();
+        assert_eq!(
+            (ready.status.as_str(), ready.reason.as_str()),
+            ("False", "AlertsTopicNotReady")
+        );
+        let broken_bridge = Check::fail("ReplicasNotReady", "0/1");
+        let with = with_alerts(&[], &ok, &broken_bridge, &ok, Some(&bad), Some(1), t(1));
+        let ready = with.iter().find(|c| c.type_ == READY).unwrap();
+        assert_eq!(ready.reason, "ReplicasNotReady", "the bridge comes first");
     }
 
     #[test]

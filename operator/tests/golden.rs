@@ -82,10 +82,16 @@ fn objects(ch: &Children) -> Vec<(String, serde_json::Value)> {
     if let Some(p) = &ch.sink_pdb {
         out.push(named("pdb", p.metadata.name.as_ref(), p));
     }
+    if let Some(d) = &ch.alerts {
+        out.push(named("deployment", d.metadata.name.as_ref(), d));
+    }
     if let Some(m) = &ch.service_monitor {
         out.push(named("servicemonitor", m.metadata.name.as_ref(), m));
     }
     if let Some(m) = &ch.pod_monitor {
+        out.push(named("podmonitor", m.metadata.name.as_ref(), m));
+    }
+    if let Some(m) = &ch.alerts_pod_monitor {
         out.push(named("podmonitor", m.metadata.name.as_ref(), m));
     }
     out

@@ -9,7 +9,8 @@
 //! Each stream is a [`StreamBridge`] (the same one `bridge` mode serves), nested in one server
 //! whose `/metrics` merges the streams' registries ([`server::ops_routes_for`]). The first stream is served at the root (`/ws`, `/produce`, `/health`, as `docs/protocol.md`
 //! says); every stream, the first included, also under `/streams/{name}/`. With `--postgres-url`
-//! each stream also runs a sink. `docs/standalone.md` is the user's guide.
+//! each stream also runs a sink; a stream whose config has an `alerts` section also runs its alert
+//! evaluator in-process. `docs/standalone.md` is the user's guide.
 
 pub mod broker;
 pub mod demo;
@@ -155,6 +156,10 @@ fn topics(plans: &[StreamPlan]) -> Vec<TopicSpec> {
         if let Some(sink) = &p.config.sink {
             add(&sink.dead_letter_topic, 1);
         }
+        if let Some(alerts) = &p.config.alerts {
+            add(&alerts.topic, 1);
+            add(&alerts.state_topic, 1);
+        }
     }
     out
 }
@@ -275,6 +280,26 @@ async fn run(args: Args, mut plans: Vec<StreamPlan>) -> anyhow::Result<()> {
                 }
             }));
         }
+    }
+    for b in &bridges {
+        if b.config.alerts.is_none() {
+            continue;
+        }
+        let config = b.config.clone();
+        let registry = b.registry.clone();
+        let ready = readiness.register(&format!("alerts:{}", config.stream.name));
+        let token = shutdown.child_token();
+        let failed = sink_failed_tx.clone();
+        let name = config.stream.name.clone();
+        sinks.push(tokio::spawn(async move {
+            if let Err(e) =
+                crate::alerts::run_evaluator(config, &registry, ready, token.clone()).await
+            {
+                let _ = failed
+                    .send(e.context(format!("alert evaluator of stream {name}")))
+                    .await;
+            }
+        }));
     }
     drop(sink_failed_tx);
 

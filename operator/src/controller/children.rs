@@ -22,6 +22,8 @@ pub struct Applied {
     pub bridge: Option<Deployment>,
     /// The sink, when wanted.
     pub sink: Option<Deployment>,
+    /// The alerts evaluator, when wanted.
+    pub alerts: Option<Deployment>,
     /// `kind/name` of every object deleted because it is no longer wanted.
     pub deleted: Vec<String>,
     /// An existing object with a child's name that this stream does not own: nothing was
@@ -52,6 +54,7 @@ pub async fn apply_children(
         return Ok(applied);
     }
     let sink_name = children::workload_name(es, Component::Sink);
+    let alerts_name = children::workload_name(es, Component::Alerts);
     for child in desired {
         let Some(object) = &child.object else {
             continue;
@@ -61,6 +64,8 @@ pub async fn apply_children(
             let got = api.patch(&child.name, &ssa(), &Patch::Apply(d)).await?;
             if child.name == sink_name {
                 applied.sink = Some(got);
+            } else if child.name == alerts_name {
+                applied.alerts = Some(got);
             } else {
                 applied.bridge = Some(got);
             }
@@ -155,6 +160,7 @@ pub async fn workload_check(
     let replicas = match component {
         Component::Bridge => es.spec.bridge.replicas,
         Component::Sink => es.spec.sink.replicas,
+        Component::Alerts => 1,
     };
     let check = conditions::workload(&name, replicas, deployment);
     if check.ok {

@@ -1,6 +1,6 @@
 //! The cleanup half of the finalizer: the topic (only with `deletionPolicy: Delete`, a managed
-//! topic and this stream owning it), its dead-letter topic (unless another stream uses it), and
-//! the sink's consumer group. Child objects go with the stream by owner references.
+//! topic and this stream owning it), its dead-letter topic (unless another stream uses it), the
+//! alerts topics (likewise), and the sink's and the evaluator's consumer groups. Child objects go with the stream by owner references.
 
 use std::sync::Arc;
 
@@ -36,6 +36,15 @@ pub async fn cleanup(es: Arc<EventStream>, ctx: Arc<Context>) -> Result<Action, 
                     || (other.spec.persistence.is_some()
                         && other.dead_letter_topic() == dead_letters))
         });
+    // The alerts topics go with the topic too, unless another stream reads the alerts topic
+    // (the usual second EventStream that fans the alerts out).
+    let alerts = es.spec.alerts.is_some();
+    let alerts_topic = es.alerts_topic();
+    let delete_alerts = delete_topic
+        && alerts
+        && !ctx.streams.state().iter().any(|other| {
+            other.metadata.uid != es.metadata.uid && other.topic_name() == alerts_topic
+        });
     // The explicit way out of a deletion blocked by an unreachable Kafka: the user says so.
     if es
         .annotations()
@@ -45,6 +54,9 @@ pub async fn cleanup(es: Arc<EventStream>, ctx: Arc<Context>) -> Result<Action, 
         let mut left = vec![format!("topic {topic}")];
         if es.spec.persistence.is_some() {
             left.push(format!("consumer group {}", es.sink_group()));
+        }
+        if alerts {
+            left.push(format!("consumer group {}", es.alerts_group()));
         }
         ctx.publish(
             &es,
@@ -61,7 +73,7 @@ pub async fn cleanup(es: Arc<EventStream>, ctx: Arc<Context>) -> Result<Action, 
         ctx.succeeded(&es);
         return Ok(Action::await_change());
     }
-    let needs_kafka = delete_topic || es.spec.persistence.is_some();
+    let needs_kafka = delete_topic || es.spec.persistence.is_some() || alerts;
     let mut notes = Vec::new();
     if needs_kafka {
         let conn = match bootstrap(&es, cfg) {
@@ -87,6 +99,15 @@ pub async fn cleanup(es: Arc<EventStream>, ctx: Arc<Context>) -> Result<Action, 
                 }
                 if es.spec.persistence.is_some() {
                     ctx.kafka.delete_group(&conn, &es.sink_group()).await?;
+                }
+                if delete_alerts {
+                    ctx.kafka.delete_topic(&conn, &alerts_topic).await?;
+                    ctx.kafka
+                        .delete_topic(&conn, &es.alerts_state_topic())
+                        .await?;
+                }
+                if alerts {
+                    ctx.kafka.delete_group(&conn, &es.alerts_group()).await?;
                 }
                 Ok::<(), KafkaAdminError>(())
             }
@@ -114,6 +135,15 @@ pub async fn cleanup(es: Arc<EventStream>, ctx: Arc<Context>) -> Result<Action, 
             }
             if es.spec.persistence.is_some() {
                 notes.push(format!("deleted consumer group {}", es.sink_group()));
+            }
+            if delete_alerts {
+                notes.push(format!(
+                    "deleted alerts topics {alerts_topic} and {}",
+                    es.alerts_state_topic()
+                ));
+            }
+            if alerts {
+                notes.push(format!("deleted consumer group {}", es.alerts_group()));
             }
         }
     }

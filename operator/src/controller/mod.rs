@@ -173,6 +173,14 @@ pub async fn apply(es: Arc<EventStream>, ctx: Arc<Context>) -> Result<Action, Er
         wait = wait.max(w);
     }
 
+    let mut alerts_topics = None;
+    if let (true, Some(conn)) = (es.spec.alerts.is_some(), kafka)
+        && let Some((check, w)) = topic::alerts_topics_step(&es, &ctx, conn).await
+    {
+        alerts_topics = Some(check);
+        wait = wait.max(w);
+    }
+
     let applied = children::apply_children(&es, &ctx, cfg, &ns, &desired).await?;
 
     let group = match (persistence, kafka) {
@@ -239,7 +247,32 @@ pub async fn apply(es: Arc<EventStream>, ctx: Arc<Context>) -> Result<Action, Er
     } else {
         children::workload_check(&es, &ctx, &ns, Component::Sink, applied.sink.as_ref()).await?
     };
-    if status::needs_rollout_check(&es, &bridge_check, &sink_check) {
+    // The evaluator's first problem: a name conflict, its Secrets, then its topics.
+    let alerts_check = match es.spec.alerts {
+        None => None,
+        Some(_) => Some(
+            match applied
+                .conflict
+                .clone()
+                .or(secrets.alerts)
+                .or(alerts_topics)
+            {
+                Some(c) => c,
+                None if kafka.is_none() => Check::blocked(&topic.check),
+                None => {
+                    children::workload_check(
+                        &es,
+                        &ctx,
+                        &ns,
+                        Component::Alerts,
+                        applied.alerts.as_ref(),
+                    )
+                    .await?
+                }
+            },
+        ),
+    };
+    if status::needs_rollout_check(&es, &bridge_check, &sink_check, alerts_check.as_ref()) {
         wait = wait.max(Wait::Rollout);
     }
     let new_status = status::build(
@@ -251,6 +284,7 @@ pub async fn apply(es: Arc<EventStream>, ctx: Arc<Context>) -> Result<Action, Er
             sink_check: &sink_check,
             bridge: applied.bridge.as_ref(),
             sink: applied.sink.as_ref(),
+            alerts_check: alerts_check.as_ref(),
             lag: group.lag,
             offset_reset: group.offset_reset,
         },

@@ -20,6 +20,8 @@ pub struct SecretChecks {
     pub bridge: Option<Check>,
     /// For `SinkReady`.
     pub sink: Option<Check>,
+    /// For `AlertsReady`.
+    pub alerts: Option<Check>,
 }
 
 impl SecretChecks {
@@ -27,12 +29,13 @@ impl SecretChecks {
         match component {
             Component::Bridge => &mut self.bridge,
             Component::Sink => &mut self.sink,
+            Component::Alerts => &mut self.alerts,
         }
     }
 
     /// Whether any Secret is missing or incomplete.
     pub fn any(&self) -> bool {
-        self.bridge.is_some() || self.sink.is_some()
+        self.bridge.is_some() || self.sink.is_some() || self.alerts.is_some()
     }
 }
 
@@ -61,7 +64,13 @@ pub async fn check_secrets(es: &EventStream, ctx: &Context) -> Result<SecretChec
             }
         }
     }
-    if let Some(c) = found.bridge.iter().chain(found.sink.iter()).next() {
+    if let Some(c) = found
+        .bridge
+        .iter()
+        .chain(found.sink.iter())
+        .chain(found.alerts.iter())
+        .next()
+    {
         ctx.publish(
             es,
             EventType::Warning,

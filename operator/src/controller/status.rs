@@ -31,6 +31,8 @@ pub struct Observed<'a> {
     pub bridge: Option<&'a Deployment>,
     /// The sink Deployment as applied.
     pub sink: Option<&'a Deployment>,
+    /// `AlertsReady`, when the stream has `spec.alerts`.
+    pub alerts_check: Option<&'a Check>,
     /// The sink group's lag.
     pub lag: Option<i64>,
     /// The recorded offset reset.
@@ -55,11 +57,12 @@ pub fn build(es: &EventStream, seen: Observed<'_>, now: Timestamp) -> EventStrea
     let generation = es.metadata.generation;
     EventStreamStatus {
         observed_generation: generation,
-        conditions: conditions::all(
+        conditions: conditions::with_alerts(
             &old.conditions,
             seen.topic_check,
             seen.bridge_check,
             seen.sink_check,
+            seen.alerts_check,
             generation,
             now,
         ),
@@ -94,8 +97,13 @@ pub fn blocked(es: &EventStream, check: &Check, now: Timestamp) -> EventStreamSt
 
 /// Whether a workload is not ready: pods crash-looping do not change their Deployment, so no
 /// watch event comes; the controller has to look again soon.
-pub fn needs_rollout_check(es: &EventStream, bridge: &Check, sink: &Check) -> bool {
-    !bridge.ok || (es.spec.persistence.is_some() && !sink.ok)
+pub fn needs_rollout_check(
+    es: &EventStream,
+    bridge: &Check,
+    sink: &Check,
+    alerts: Option<&Check>,
+) -> bool {
+    !bridge.ok || (es.spec.persistence.is_some() && !sink.ok) || alerts.is_some_and(|a| !a.ok)
 }
 
 /// The Normal Event for a new generation: `(reason, note)`, or `None` when this generation was
@@ -186,6 +194,7 @@ mod tests {
             sink_check: ok,
             bridge: Some(bridge),
             sink: Some(sink),
+            alerts_check: None,
             lag: Some(7),
             offset_reset: None,
         }
@@ -274,9 +283,10 @@ mod tests {
     fn a_failing_sink_matters_only_with_persistence() {
         let bad = Check::fail("ReplicasNotReady", "starting");
         let ok = Check::ok("X", "fine");
-        assert!(needs_rollout_check(&with_persistence(), &ok, &bad));
-        assert!(!needs_rollout_check(&stream("{}"), &ok, &bad));
-        assert!(needs_rollout_check(&stream("{}"), &bad, &ok));
+        assert!(needs_rollout_check(&with_persistence(), &ok, &bad, None));
+        assert!(!needs_rollout_check(&stream("{}"), &ok, &bad, None));
+        assert!(needs_rollout_check(&stream("{}"), &bad, &ok, None));
+        assert!(needs_rollout_check(&stream("{}"), &ok, &ok, Some(&bad)));
     }
 
     #[test]

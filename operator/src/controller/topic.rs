@@ -209,6 +209,54 @@ pub async fn dead_letter_step(
     }
 }
 
+/// Creates the alerts topic and the evaluator's compacted state topic when missing (never
+/// altered afterwards: the alerts topic is an ordinary stream another EventStream may manage).
+/// `None` when both exist (or were just created).
+pub async fn alerts_topics_step(
+    es: &EventStream,
+    ctx: &Context,
+    conn: &KafkaConnection,
+) -> Option<(Check, Wait)> {
+    for desired in [DesiredTopic::alerts(es), DesiredTopic::alerts_state(es)] {
+        let result = match desired {
+            Ok(d) => create_if_missing(ctx.kafka.as_ref(), conn, &d)
+                .await
+                .map(|created| (d, created)),
+            Err(e) => Err(e),
+        };
+        match result {
+            Ok((d, true)) => {
+                ctx.publish(
+                    es,
+                    EventType::Normal,
+                    "AlertsTopicCreated",
+                    "CreateTopic",
+                    format!(
+                        "created the alerts topic {} ({} partitions)",
+                        d.name, d.partitions
+                    ),
+                )
+                .await;
+            }
+            Ok((_, false)) => {}
+            Err(e) => {
+                let wait = topic_failure(ctx, &e);
+                let message = format!("alerts topics of {}: {e}", es.alerts_topic());
+                ctx.publish(
+                    es,
+                    EventType::Warning,
+                    "AlertsTopicNotReady",
+                    "CreateTopic",
+                    message.clone(),
+                )
+                .await;
+                return Some((Check::fail("AlertsTopicNotReady", message), wait));
+            }
+        }
+    }
+    None
+}
+
 async fn topic_events(
     es: &EventStream,
     ctx: &Context,

@@ -67,6 +67,37 @@ impl DesiredTopic {
             managed: stream.managed,
         })
     }
+
+    /// The alerts topic: one partition (alerts are few, and one partition keeps every
+    /// transition in the order the evaluator committed it), the stream's replication factor
+    /// and retention. Created when missing, never altered afterwards.
+    pub fn alerts(es: &EventStream) -> Result<Self, TopicError> {
+        let stream = Self::from_stream(es)?;
+        Ok(Self {
+            name: es.alerts_topic(),
+            partitions: 1,
+            replication_factor: stream.replication_factor,
+            configs: stream
+                .configs
+                .into_iter()
+                .filter(|(k, _)| k == "retention.ms")
+                .collect(),
+            managed: true,
+        })
+    }
+
+    /// The evaluator's state topic: one partition, compacted (the last phase of every alert
+    /// and the last checkpoint are what a restart needs; older records may go).
+    pub fn alerts_state(es: &EventStream) -> Result<Self, TopicError> {
+        let stream = Self::from_stream(es)?;
+        Ok(Self {
+            name: es.alerts_state_topic(),
+            partitions: 1,
+            replication_factor: stream.replication_factor,
+            configs: BTreeMap::from([("cleanup.policy".to_string(), "compact".to_string())]),
+            managed: true,
+        })
+    }
 }
 
 /// The topic as the broker reports it.
