@@ -423,9 +423,20 @@ pub fn check_alert_expression(expression: &str) -> Result<(), String> {
             expression.len()
         ));
     }
-    cel::Program::compile(expression)
+    crate::cel::Expression::compile(expression, &alert_expression_limits())
         .map(|_| ())
         .map_err(|e| format!("is not a valid CEL expression: {e}"))
+}
+
+/// The bounds of an alert rule's expression: [`crate::cel::Limits`]' defaults, but as long as
+/// [`MAX_ALERT_EXPRESSION_LENGTH`]. The parser recurses per nesting level, so without the
+/// depth bound a short expression of nested brackets overflows the stack of whatever process
+/// checks it (the operator, on every spec).
+pub fn alert_expression_limits() -> crate::cel::Limits {
+    crate::cel::Limits {
+        max_bytes: MAX_ALERT_EXPRESSION_LENGTH,
+        ..crate::cel::Limits::default()
+    }
 }
 
 fn check_alerts(alerts: &AlertsConfig, stream_topic: &str, bad: &mut impl FnMut(&str, String)) {
@@ -887,6 +898,21 @@ fn is_default_kafka_unready_after(value: &Duration) -> bool {
 
 #[cfg(test)]
 mod tests {
+
+    #[test]
+    fn a_deeply_nested_alert_expression_is_refused_not_a_stack_overflow() {
+        // 200 brackets are well within the length limit; the CEL parser given them on a
+        // 2 MiB stack (a tokio worker of the operator) aborted the whole process.
+        let deep = format!("{}1{}", "(".repeat(200), ")".repeat(200));
+        let outcome = std::thread::Builder::new()
+            .stack_size(2 << 20)
+            .spawn(move || check_alert_expression(&deep))
+            .expect("thread")
+            .join()
+            .expect("no stack overflow");
+        assert!(outcome.expect_err("refused").contains("nests"));
+    }
+
     use super::*;
 
     const MINIMAL: &str = "

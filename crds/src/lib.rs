@@ -9,6 +9,7 @@
 //! nor `k8s-openapi` is compiled.
 #![deny(missing_docs)]
 
+pub mod cel;
 pub mod config;
 pub mod defaults;
 pub mod duration;

@@ -15,7 +15,8 @@
 pub mod alerts;
 pub mod auth;
 pub mod bridge;
-pub mod cel;
+/// CEL with bounded cost: shared with the config checks (`eventstream_crds::cel`).
+pub use eventstream_crds::cel;
 pub mod cross_origin;
 pub mod ingest;
 pub mod kafka;

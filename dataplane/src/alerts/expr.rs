@@ -1,31 +1,29 @@
 //! CEL for alert rules, behind two functions: [`compile`] once per rule, [`eval`] once per rule
-//! and record against an [`Activation`] built once per record. Nothing else in the evaluator
-//! touches the `cel` crate, so one CEL wrapper can later serve alerts and subscription filters.
+//! and record against an [`Activation`] built once per record. Both go through the bounded
+//! [`crate::cel`] that subscription filters use (and that the config's checks use), so a rule
+//! is parsed on a large stack only after its nesting and length were checked.
 //!
 //! Variables: `data` (the JSON payload), `key` (the Kafka key as text, `""` without one),
 //! `headers` (map of header name to text), `partition`, `offset` and `timestamp` (the record's
 //! Kafka timestamp, milliseconds since the Unix epoch).
 
 use std::collections::BTreeMap;
+use std::sync::Arc;
 
-use eventstream_crds::config::check_alert_expression;
+use eventstream_crds::config::{alert_expression_limits, check_alert_expression};
+
+use crate::cel::{self, Expression, Value};
 
 /// A compiled rule condition.
+#[derive(Debug)]
 pub struct Program {
-    inner: cel::Program,
-    source: String,
-}
-
-impl std::fmt::Debug for Program {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_tuple("Program").field(&self.source).finish()
-    }
+    inner: Expression,
 }
 
 impl Program {
     /// The expression as written.
     pub fn source(&self) -> &str {
-        &self.source
+        self.inner.source()
     }
 }
 
@@ -40,15 +38,13 @@ pub struct CompileError(pub String);
 #[error("{0}")]
 pub struct EvalError(pub String);
 
-/// Compiles a rule condition: empty, over-long and unparsable expressions are refused.
+/// Compiles a rule condition: empty, over-long, too deep or costly and unparsable expressions
+/// are refused, with the config check's wording.
 pub fn compile(expression: &str) -> Result<Program, CompileError> {
     check_alert_expression(expression).map_err(CompileError)?;
-    let inner = cel::Program::compile(expression)
+    let inner = Expression::compile(expression, &alert_expression_limits())
         .map_err(|e| CompileError(format!("is not a valid CEL expression: {e}")))?;
-    Ok(Program {
-        inner,
-        source: expression.to_string(),
-    })
+    Ok(Program { inner })
 }
 
 /// What a record offers to the conditions.
@@ -70,46 +66,33 @@ pub struct Vars<'a> {
 
 /// A record's variables, converted once and shared by every rule.
 pub struct Activation {
-    context: cel::Context<'static>,
+    inner: cel::Activation,
 }
 
 /// Converts a record's variables for evaluation.
 pub fn activation(vars: &Vars<'_>) -> Result<Activation, EvalError> {
-    let mut context = cel::Context::default();
-    let bad = |name: &str, e: cel::SerializationError| {
-        EvalError(format!("cannot convert `{name}` for CEL: {e}"))
-    };
-    context
-        .add_variable("data", vars.data)
-        .map_err(|e| bad("data", e))?;
-    context
-        .add_variable("key", vars.key)
-        .map_err(|e| bad("key", e))?;
-    context
-        .add_variable("headers", vars.headers)
-        .map_err(|e| bad("headers", e))?;
-    context
-        .add_variable("partition", i64::from(vars.partition))
-        .map_err(|e| bad("partition", e))?;
-    context
-        .add_variable("offset", vars.offset)
-        .map_err(|e| bad("offset", e))?;
-    context
-        .add_variable("timestamp", vars.timestamp)
-        .map_err(|e| bad("timestamp", e))?;
-    Ok(Activation { context })
+    let headers: serde_json::Map<String, serde_json::Value> = vars
+        .headers
+        .iter()
+        .map(|(k, v)| (k.clone(), serde_json::Value::String(v.clone())))
+        .collect();
+    let mut inner = cel::Activation::new();
+    inner
+        .set_json("data", vars.data)
+        .set("key", Value::String(Arc::new(vars.key.to_string())))
+        .set_json("headers", &serde_json::Value::Object(headers))
+        .set("partition", Value::Int(i64::from(vars.partition)))
+        .set("offset", Value::Int(vars.offset))
+        .set("timestamp", Value::Int(vars.timestamp));
+    Ok(Activation { inner })
 }
 
 /// Evaluates a condition: `Ok(true|false)`, or why it could not decide.
 pub fn eval(program: &Program, activation: &Activation) -> Result<bool, EvalError> {
-    match program.inner.execute(&activation.context) {
-        Ok(cel::Value::Bool(b)) => Ok(b),
-        Ok(other) => Err(EvalError(format!(
-            "`{}` gave {other:?}, not a bool",
-            program.source
-        ))),
-        Err(e) => Err(EvalError(format!("`{}`: {e}", program.source))),
-    }
+    program
+        .inner
+        .matches(&activation.inner)
+        .map_err(|e| EvalError(format!("`{}`: {e}", program.source())))
 }
 
 #[cfg(test)]
@@ -164,6 +147,20 @@ mod tests {
         assert!(run("data.cpu > 90.0", json!({"memory": 1})).is_err());
         assert!(run("data.cpu > 90.0", json!({"cpu": "high"})).is_err());
         assert!(run("data.cpu", json!({"cpu": 1})).is_err());
+    }
+
+    #[test]
+    fn a_deeply_nested_rule_is_refused_not_a_stack_overflow() {
+        // 200 brackets fit in the length limit; parsing them on a 2 MiB stack aborted the
+        // process before the depth bound existed.
+        let deep = format!("{}1{}", "(".repeat(200), ")".repeat(200));
+        let outcome = std::thread::Builder::new()
+            .stack_size(2 << 20)
+            .spawn(move || compile(&deep).map(|_| ()))
+            .unwrap()
+            .join()
+            .unwrap();
+        assert!(outcome.unwrap_err().0.contains("nests"));
     }
 
     #[test]

@@ -1,7 +1,9 @@
-//! CEL (the Common Expression Language Kubernetes users write in CRDs) for the dataplane:
-//! compiling an expression once, with its cost bounded before it ever runs, and evaluating it
-//! against the variables of one input. Knows nothing of records or subscriptions: the relay's
-//! filters ([`crate::relay::filter`]) and any other evaluator name their own variables.
+//! CEL (the Common Expression Language Kubernetes users write in CRDs) for everything that
+//! reads a user's expression: compiling it once, with its cost bounded before it ever runs, and
+//! evaluating it against the variables of one input. Knows nothing of records or
+//! subscriptions: the dataplane's subscription filters and alert rules name their own
+//! variables, and the config's checks of alert rules (here in `config`, run by the operator on
+//! every spec) compile through it too, so no expression reaches the parser unchecked.
 //!
 //! - [`Expression::compile`] refuses, with a message meant for the person who wrote it, an
 //!   expression longer than [`Limits::max_bytes`], nested deeper than [`Limits::max_depth`]
