@@ -601,6 +601,72 @@ fn a_subscribe_sent_right_after_the_connect_packet_is_answered() {
     });
 }
 
+/// The request budget of `/ws` (a burst of 100, then 50 a second) holds for Socket.IO events
+/// too: a socket that floods the bridge with events is disconnected by the server (`41`, the
+/// namespace's disconnect), the close is counted, and the bridge goes on serving others.
+#[test]
+fn a_socket_flooding_events_is_disconnected_like_a_ws_client() {
+    use futures::{SinkExt, StreamExt};
+    use tokio_tungstenite::tungstenite::Message;
+
+    on_multi_thread_runtime("socketio_flood", async {
+        let kafka = MockKafka::new(1).expect("mock cluster");
+        kafka.create_topic("t", 1, 1).expect("topic");
+        let bridge = Bridge::start(config(&kafka.bootstrap(), "t", "")).await;
+        let url = format!("ws://{}/socket.io/?EIO=4&transport=websocket", bridge.addr);
+        let (mut ws, _) = tokio_tungstenite::connect_async(url.as_str())
+            .await
+            .expect("connect");
+        raw_connect(&mut ws).await;
+        for _ in 0..400 {
+            if ws
+                .send(Message::Text(r#"42["hello",{}]"#.into()))
+                .await
+                .is_err()
+            {
+                break;
+            }
+        }
+        // Read until the namespace disconnect or the end of the connection.
+        let disconnected = tokio::time::timeout(WAIT, async {
+            while let Some(Ok(msg)) = ws.next().await {
+                if let Message::Text(t) = msg {
+                    if t.as_str() == "41" {
+                        return true;
+                    }
+                    if t.as_str() == "2" {
+                        let _ = ws.send(Message::Text("3".into())).await;
+                    }
+                }
+            }
+            true
+        })
+        .await
+        .expect("the flooding socket is disconnected in time");
+        assert!(disconnected);
+        assert_eq!(
+            metric(
+                &bridge,
+                "eventstream_ws_closed_total",
+                "reason=\"protocol\""
+            ),
+            1.0
+        );
+        // Others are still served.
+        let (mut other, _) = tokio_tungstenite::connect_async(url.as_str())
+            .await
+            .expect("connect");
+        raw_connect(&mut other).await;
+        other
+            .send(Message::Text(r#"421["subscribe","*"]"#.into()))
+            .await
+            .expect("send");
+        let ack = raw_next_text(&mut other).await;
+        assert!(ack.starts_with("431["), "{ack}");
+        bridge.stop().await;
+    });
+}
+
 /// One connection limit for every transport (`limit: …` for the socket past it), and a
 /// bridge shutdown as on `/ws`: queued records first, then `error` `going_away` with where to
 /// resume, the connection released so the bridge stops within its grace period, and the

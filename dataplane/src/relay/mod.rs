@@ -16,6 +16,7 @@
 //! - [`ws`], [`sse`], [`socketio`]: the transports, each only its wire; [`metrics`]:
 //!   Prometheus metrics.
 
+pub mod budget;
 pub mod channel;
 pub mod client;
 pub mod consumer;

@@ -34,10 +34,8 @@ pub const CLOSE_TOKEN_EXPIRED: u16 = 4001;
 pub const READ_BUFFER_BYTES: usize = 4 * 1024;
 /// Bytes buffered before tungstenite writes to the socket (we flush after every batch anyway).
 pub const WRITE_BUFFER_BYTES: usize = 16 * 1024;
-/// Requests a client may burst; refilled at [`REQUESTS_PER_SECOND`].
-pub const REQUEST_BURST: f64 = 100.0;
-/// Sustained requests per second per connection; beyond it the connection is closed (1008).
-pub const REQUESTS_PER_SECOND: f64 = 50.0;
+use super::budget::RequestBudget;
+pub use super::budget::{REQUEST_BURST, REQUESTS_PER_SECOND};
 
 /// `?token=` for clients that cannot set headers (browsers).
 #[derive(Debug, Deserialize)]
@@ -96,28 +94,6 @@ enum End {
     RateLimited,
 }
 
-/// Per-connection request budget.
-struct Bucket {
-    tokens: f64,
-    at: Instant,
-}
-
-impl Bucket {
-    fn take(&mut self) -> bool {
-        let now = Instant::now();
-        self.tokens = (self.tokens
-            + now.duration_since(self.at).as_secs_f64() * REQUESTS_PER_SECOND)
-            .min(REQUEST_BURST);
-        self.at = now;
-        if self.tokens >= 1.0 {
-            self.tokens -= 1.0;
-            true
-        } else {
-            false
-        }
-    }
-}
-
 async fn connection(
     mut socket: WebSocket,
     shared: Arc<Shared>,
@@ -136,10 +112,7 @@ async fn connection(
     let mut last_heard = Instant::now();
     let cancelled = shared.shutdown.cancelled();
     tokio::pin!(cancelled);
-    let mut bucket = Bucket {
-        tokens: REQUEST_BURST,
-        at: Instant::now(),
-    };
+    let mut budget = RequestBudget::new(Instant::now().into_std());
     let end = loop {
         tokio::select! {
             biased;
@@ -172,7 +145,7 @@ async fn connection(
                         protocol::parse_proto(&bytes)
                     }
                 };
-                if !bucket.take() {
+                if !budget.take(Instant::now().into_std()) {
                     break End::RateLimited;
                 }
                 session.handle(request);

@@ -35,6 +35,7 @@ use socketioxide::handler::ConnectHandler;
 use tokio_util::sync::CancellationToken;
 
 use super::Shared;
+use super::budget::RequestBudget;
 use super::client::Client;
 use super::protocol::{self, ErrorCode, Positions, ProtocolError, SubscribeOptions};
 use super::record::Encoding;
@@ -132,6 +133,8 @@ pub struct Conn {
     client: Arc<Client>,
     handshake: Handshake,
     state: Mutex<State>,
+    /// Every event the client sends spends from it, as every frame does on `/ws`.
+    budget: Mutex<RequestBudget>,
     /// Cancelled when the socket disconnects: the pump stops.
     gone: CancellationToken,
 }
@@ -142,6 +145,20 @@ struct State {
 }
 
 impl Conn {
+    /// Spends one request; a socket over the budget is disconnected by the server (closes
+    /// counted as `protocol`, as `/ws` counts its 1008), and its event is not handled.
+    fn admit(&self, socket: &SocketRef) -> bool {
+        if self.budget.lock().take(std::time::Instant::now()) {
+            return true;
+        }
+        if !self.gone.is_cancelled() {
+            self.shared.metrics.close("protocol");
+            self.gone.cancel();
+            let _ = socket.clone().disconnect();
+        }
+        false
+    }
+
     /// Ends the session: out of the hub, slot released, gauge down; answers still owed are
     /// dropped (they hold the socket).
     fn end(&self) {
@@ -209,6 +226,7 @@ fn accept(shared: &Arc<Shared>, socket: &SocketRef, auth: Option<Value>) -> Resu
             session: Some(session),
             subs: Subs::new(),
         }),
+        budget: Mutex::new(RequestBudget::new(std::time::Instant::now())),
         gone: CancellationToken::new(),
     });
     // The handlers are in place before the namespace's connect packet goes out: a client may
@@ -238,9 +256,12 @@ fn register(socket: &SocketRef, conn: &Arc<Conn>) {
         let conn = conn.clone();
         socket.on(
             "subscribe",
-            move |TryData(arg): TryData<Value>, ack: AckSender| {
+            move |s: SocketRef, TryData(arg): TryData<Value>, ack: AckSender| {
                 let (conn, default) = (conn.clone(), default.clone());
                 async move {
+                    if !conn.admit(&s) {
+                        return;
+                    }
                     let request = request::parse_subscribe(arg.ok().as_ref());
                     join(&conn, request, default, None, ack);
                 }
@@ -251,17 +272,25 @@ fn register(socket: &SocketRef, conn: &Arc<Conn>) {
         let conn = conn.clone();
         socket.on(
             "unsubscribe",
-            move |TryData(arg): TryData<Value>, ack: AckSender| {
+            move |s: SocketRef, TryData(arg): TryData<Value>, ack: AckSender| {
                 let conn = conn.clone();
-                async move { leave(&conn, arg.ok().as_ref(), ack) }
+                async move {
+                    if conn.admit(&s) {
+                        leave(&conn, arg.ok().as_ref(), ack);
+                    }
+                }
             },
         );
     }
     {
         let conn = conn.clone();
-        socket.on("auth", move |TryData(arg): TryData<Value>| {
+        socket.on("auth", move |s: SocketRef, TryData(arg): TryData<Value>| {
             let conn = conn.clone();
-            async move { refresh(&conn, arg.ok()) }
+            async move {
+                if conn.admit(&s) {
+                    refresh(&conn, arg.ok());
+                }
+            }
         });
     }
     for alias in &config.aliases {
@@ -269,9 +298,12 @@ fn register(socket: &SocketRef, conn: &Arc<Conn>) {
         let alias: Arc<SocketIoAlias> = Arc::new(alias.clone());
         socket.on(
             alias.join.clone(),
-            move |TryData(arg): TryData<Value>, ack: AckSender| {
+            move |s: SocketRef, TryData(arg): TryData<Value>, ack: AckSender| {
                 let (conn, alias) = (conn.clone(), alias.clone());
                 async move {
+                    if !conn.admit(&s) {
+                        return;
+                    }
                     let request =
                         request::parse_alias_join(alias.channel.as_deref(), arg.ok().as_ref());
                     let delivery = Delivery {
@@ -286,9 +318,12 @@ fn register(socket: &SocketRef, conn: &Arc<Conn>) {
     }
     {
         let conn = conn.clone();
-        socket.on_fallback(move |Event(event): Event| {
+        socket.on_fallback(move |s: SocketRef, Event(event): Event| {
             let conn = conn.clone();
             async move {
+                if !conn.admit(&s) {
+                    return;
+                }
                 fail(
                     &conn,
                     ProtocolError::new(
