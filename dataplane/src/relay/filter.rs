@@ -15,8 +15,6 @@
 use std::collections::HashMap;
 use std::sync::Arc;
 
-use prometheus::{IntCounter, IntCounterVec, Opts, Registry};
-
 use super::protocol::{ErrorCode, ProtocolError};
 use super::record::{PayloadKind, Record};
 use crate::cel::{self, Activation, Expression, Limits, Value};
@@ -113,59 +111,7 @@ fn text_or_bytes(bytes: &[u8]) -> Value {
     }
 }
 
-/// `eventstream_ws_filter_evaluations_total{stream, result}`: one per record and distinct
-/// filter, by [`Outcome`] (`match`, `drop`, `error`).
-#[derive(Clone)]
-pub struct FilterCounters {
-    /// The filter held.
-    pub matched: IntCounter,
-    /// The filter was false.
-    pub dropped: IntCounter,
-    /// Evaluation failed (the record is not delivered).
-    pub failed: IntCounter,
-}
-
-impl FilterCounters {
-    /// Counters registered in `registry` for `stream`.
-    pub fn new(registry: &Registry, stream: &str) -> Result<Self, prometheus::Error> {
-        let vec = IntCounterVec::new(
-            Opts::new(
-                "eventstream_ws_filter_evaluations_total",
-                "Subscription filter evaluations (one per record and distinct filter), by result",
-            ),
-            &["stream", "result"],
-        )?;
-        registry.register(Box::new(vec.clone()))?;
-        Ok(Self::of(&vec, stream))
-    }
-
-    /// Counters in no registry (benchmarks, unit tests).
-    pub fn detached() -> Self {
-        let vec = IntCounterVec::new(
-            Opts::new("eventstream_ws_filter_evaluations_total", "detached"),
-            &["stream", "result"],
-        )
-        .expect("static metric definition is valid");
-        Self::of(&vec, "")
-    }
-
-    fn of(vec: &IntCounterVec, stream: &str) -> Self {
-        Self {
-            matched: vec.with_label_values(&[stream, "match"]),
-            dropped: vec.with_label_values(&[stream, "drop"]),
-            failed: vec.with_label_values(&[stream, "error"]),
-        }
-    }
-
-    /// Counts one evaluation.
-    pub fn count(&self, outcome: Outcome) {
-        match outcome {
-            Outcome::Match => self.matched.inc(),
-            Outcome::Drop => self.dropped.inc(),
-            Outcome::Failed => self.failed.inc(),
-        }
-    }
-}
+pub use super::metrics::FilterCounters;
 
 #[cfg(test)]
 mod tests {

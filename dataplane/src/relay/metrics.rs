@@ -162,7 +162,7 @@ pub struct RelayMetrics {
     /// Channels in the snapshot cache.
     pub snapshot_channels: IntGauge,
     /// Subscription filter evaluations by result.
-    pub filter: super::filter::FilterCounters,
+    pub filter: FilterCounters,
     /// Broadcast frames queued to clients.
     pub broadcasts: IntCounter,
     stream: String,
@@ -348,7 +348,7 @@ impl RelayMetrics {
             retention_gap_offsets: retention_gap_offsets.with_label_values(&[stream]),
             snapshot_evictions: snapshot_evictions.with_label_values(&[stream]),
             snapshot_channels: snapshot_channels.with_label_values(&[stream]),
-            filter: super::filter::FilterCounters::new(registry, stream)?,
+            filter: FilterCounters::new(registry, stream)?,
             broadcasts: broadcasts.with_label_values(&[stream]),
             stream: stream.to_string(),
         })
@@ -398,6 +398,60 @@ impl RelayMetrics {
         self.lag
             .with_label_values(&[&self.stream, &partition.to_string()])
             .set(lag);
+    }
+}
+
+/// `eventstream_ws_filter_evaluations_total{stream, result}`: one per record and distinct
+/// filter, by [`Outcome`](super::filter::Outcome) (`match`, `drop`, `error`).
+#[derive(Clone)]
+pub struct FilterCounters {
+    /// The filter held.
+    pub matched: IntCounter,
+    /// The filter was false.
+    pub dropped: IntCounter,
+    /// Evaluation failed (the record is not delivered).
+    pub failed: IntCounter,
+}
+
+impl FilterCounters {
+    /// Counters registered in `registry` for `stream`.
+    pub fn new(registry: &Registry, stream: &str) -> Result<Self, prometheus::Error> {
+        let vec = IntCounterVec::new(
+            Opts::new(
+                "eventstream_ws_filter_evaluations_total",
+                "Subscription filter evaluations (one per record and distinct filter), by result",
+            ),
+            &["stream", "result"],
+        )?;
+        registry.register(Box::new(vec.clone()))?;
+        Ok(Self::of(&vec, stream))
+    }
+
+    /// Counters in no registry (benchmarks, unit tests).
+    pub fn detached() -> Self {
+        let vec = IntCounterVec::new(
+            Opts::new("eventstream_ws_filter_evaluations_total", "detached"),
+            &["stream", "result"],
+        )
+        .expect("static metric definition is valid");
+        Self::of(&vec, "")
+    }
+
+    fn of(vec: &IntCounterVec, stream: &str) -> Self {
+        Self {
+            matched: vec.with_label_values(&[stream, "match"]),
+            dropped: vec.with_label_values(&[stream, "drop"]),
+            failed: vec.with_label_values(&[stream, "error"]),
+        }
+    }
+
+    /// Counts one evaluation.
+    pub fn count(&self, outcome: super::filter::Outcome) {
+        match outcome {
+            super::filter::Outcome::Match => self.matched.inc(),
+            super::filter::Outcome::Drop => self.dropped.inc(),
+            super::filter::Outcome::Failed => self.failed.inc(),
+        }
     }
 }
 
