@@ -6,7 +6,7 @@
 //! - rooms: sockets get exactly the channels they joined, `unsubscribe` stops one, garbage
 //!   gets its documented error and the socket stays up;
 //! - a bad or missing token is refused with `connect_error`, a token's channel permissions
-//!   apply as on `/ws`;
+//!   apply as on `/ws`, and a socket ends with `token_expired` when its token does;
 //! - the real bridge process killed (SIGKILL) and restarted while records keep coming: the
 //!   stock reconnection hands back `auth.resume` and nothing is lost or repeated;
 //! - a filtered subscription gets exactly its matches and `progress`;
@@ -421,6 +421,40 @@ fn a_bad_token_is_refused_and_a_good_one_gets_only_its_channels() {
         assert_eq!(events.len(), 6);
         assert!(keys(&events).iter().all(|k| k == "car-1"));
         drop(client);
+
+        // A socket does not outlive its token: at `exp` (with the 30 s leeway) it gets
+        // `error` `token_expired` and a server disconnect, as a `/ws` connection gets 4001.
+        // 10 s of validity: Node starting on a busy machine must still connect in time.
+        let ending = encode(
+            &Header::new(Algorithm::HS256),
+            &json!({
+                "exp": chrono::Utc::now().timestamp()
+                    - eventstream_dataplane::auth::LEEWAY_SECS as i64 + 10,
+                "channels": ["*"],
+            }),
+            &EncodingKey::from_secret(SECRET.as_bytes()),
+        )
+        .expect("token");
+        let mut expiring = NodeClient::spawn(&json!({
+            "url": url, "token": ending, "joins": [{"event": "subscribe", "arg": "*"}],
+        }));
+        let lines = expiring
+            .until("token_expired and a server disconnect", |l| {
+                l.iter().any(|l| {
+                    l["t"] == "event"
+                        && l["event"] == "error"
+                        && l["args"][0]["code"] == "token_expired"
+                }) && l
+                    .iter()
+                    .any(|l| l["t"] == "disconnect" && l["reason"] == "io server disconnect")
+            })
+            .await;
+        assert!(
+            lines.iter().any(|l| l["t"] == "connect"),
+            "{}",
+            expiring.transcript()
+        );
+        drop(expiring);
         shutdown.cancel();
         let _ = tokio::time::timeout(WAIT, running.task).await;
     });
