@@ -399,6 +399,63 @@ async fn tombstones_delete_and_keyless_records_are_dead_letters() -> TestResult 
     Ok(())
 }
 
+/// The table refuses a key's newest record of a batch (a CHECK constraint of the user's): that
+/// record is a dead letter and the key keeps the next-newest record of the batch, as applying
+/// the records one by one would have left it, instead of losing both.
+#[tokio::test]
+async fn a_refused_newest_record_leaves_the_key_at_its_next_newest() -> TestResult {
+    let (kafka, pg, url) = setup(1)?;
+    let bootstrap = kafka.bootstrap();
+    let cfg = upsert_cfg(&bootstrap, ", maxRows: 100, maxDelay: 200ms");
+    // The sink creates the table; the user adds a constraint the last record breaks.
+    let first = Sink::start(&cfg, &url)?;
+    first
+        .wait_until("the table", Duration::from_secs(60), || async {
+            pg.psql("postgres", "SELECT to_regclass('frames') IS NOT NULL")
+                .is_ok_and(|t| t.trim() == "t")
+        })
+        .await?;
+    drop(first);
+    pg.psql(
+        "postgres",
+        "ALTER TABLE frames ADD CONSTRAINT v_below_3 CHECK ((payload->>'v')::int < 3)",
+    )?;
+    let rec = |key, payload| Raw {
+        partition: None,
+        key: Some(key),
+        payload: Some(payload),
+        timestamp_ms: None,
+    };
+    // Produced while no sink runs, so that the next one reads them in one batch.
+    send(
+        &bootstrap,
+        &[
+            rec("a", r#"{"v":1}"#),
+            rec("a", r#"{"v":2}"#),
+            rec("a", r#"{"v":3}"#),
+            rec("b", r#"{"v":1}"#),
+        ],
+    )
+    .await?;
+    let sink = Sink::start(&cfg, &url)?;
+    wait_stored(&sink, &url, 4, Duration::from_secs(60)).await?;
+    let rows = pg.psql(
+        "postgres",
+        r#"SELECT string_agg(key || '=' || (payload->>'v') || '@' || "offset", ',' ORDER BY key) FROM frames"#,
+    )?;
+    assert_eq!(rows.trim(), "a=2@1,b=1@3", "a keeps its next-newest record");
+    let dead =
+        eventstream_testkit::consume_all(&bootstrap, DLQ, 1, Duration::from_secs(30)).await?;
+    assert_eq!(
+        dead[0].header("eventstream-dlq-reason"),
+        Some(&b"rejected_by_table"[..])
+    );
+    assert_eq!(dead[0].header("eventstream-dlq-offset"), Some(&b"2"[..]));
+    drop(sink);
+    drop(kafka);
+    Ok(())
+}
+
 #[tokio::test]
 async fn an_append_table_is_refused_for_upsert_with_every_problem_named() -> TestResult {
     let (kafka, pg, url) = setup(1)?;

@@ -26,7 +26,7 @@ use std::time::{Duration, Instant};
 
 use bytes::BytesMut;
 use eventstream_crds::config::OffsetReset;
-use eventstream_crds::v1alpha1::{PayloadFormat, SinkMode, Timescale, UpsertSpec};
+use eventstream_crds::v1alpha1::{PayloadFormat, SinkMode, Timescale, Tombstones, UpsertSpec};
 use futures::SinkExt;
 use tokio_postgres::error::SqlState;
 use tokio_postgres::{Client, Statement, Transaction};
@@ -631,53 +631,63 @@ impl Writer {
         }
         metrics.skipped("fence", committed.skipped);
 
+        // Records replaced by a newer one of their key in this batch: counted once the batch
+        // is written, as a careful retry may still write some of them.
+        let mut superseded = 0;
         let rows: Vec<Row<'_>> = match &target.upsert {
             None => records.iter().copied().map(Row::append).collect(),
             Some(spec) => {
                 let reduced = upsert::reduce(&records, spec);
                 letters.extend(reduced.poison);
-                metrics.skipped("superseded", reduced.superseded);
                 metrics.skipped("tombstone", reduced.ignored_tombstones);
-                committed.skipped += reduced.superseded + reduced.ignored_tombstones;
+                superseded = reduced.superseded;
+                committed.skipped += reduced.ignored_tombstones;
                 reduced.changes.into_iter().map(Row::upsert).collect()
             }
         };
 
         if careful {
             schema::recheck(&tx, &target.table, target.payload, target.mode()).await?;
-            let (refused, applied) = apply_isolating(&tx, st, &rows, target.payload).await?;
-            committed.rows = applied.changed;
-            committed.skipped += applied.not_newer;
-            metrics.skipped("superseded", applied.not_newer);
-            for (index, error) in refused {
-                let duplicate = error.code() == Some(&SqlState::UNIQUE_VIOLATION)
-                    && error
-                        .as_db_error()
-                        .and_then(|d| d.constraint())
-                        .is_some_and(|c| {
-                            session
-                                .info
-                                .dedup_index
-                                .as_deref()
-                                .is_some_and(|ours| c.ends_with(ours))
-                        });
-                if duplicate {
-                    // The row is already stored: the positions table was behind the events
-                    // table (restored from a backup, edited by hand). Keep it, skip ours.
-                    metrics.skipped("primary_key", 1);
-                    committed.skipped += 1;
-                    continue;
+            let mut rows = rows;
+            // Upsert: when the table refuses a key's newest record, the key's next-newest
+            // record of the batch is what applying them one by one would have left: it is
+            // tried next, until one is stored or none is left (each round refuses at least
+            // one record, so this ends).
+            let mut refused_records: Vec<(i32, i64)> = Vec::new();
+            loop {
+                let retry_keys = apply_careful(
+                    &tx,
+                    st,
+                    &rows,
+                    target.payload,
+                    &session.info,
+                    metrics,
+                    &mut committed,
+                    &mut letters,
+                )
+                .await?;
+                let Some(spec) = target.upsert.as_ref().filter(|_| !retry_keys.is_empty()) else {
+                    break;
+                };
+                refused_records.extend(retry_keys.iter().map(|(_, r)| (r.partition, r.offset)));
+                let keys: std::collections::HashSet<&[u8]> =
+                    retry_keys.iter().map(|(k, _)| k.as_ref()).collect();
+                let again: Vec<&Record> = records
+                    .iter()
+                    .copied()
+                    .filter(|r| !refused_records.contains(&(r.partition, r.offset)))
+                    .filter(|r| {
+                        upsert::key_of(r, spec.key_field.as_deref())
+                            .is_ok_and(|k| keys.contains(k.as_bytes()))
+                    })
+                    .filter(|r| r.payload.is_some() || spec.tombstones != Tombstones::Ignore)
+                    .collect();
+                let reduced = upsert::reduce(&again, spec);
+                superseded = superseded.saturating_sub(reduced.changes.len() as u64);
+                rows = reduced.changes.into_iter().map(Row::upsert).collect();
+                if rows.is_empty() {
+                    break;
                 }
-                let detail = error
-                    .as_db_error()
-                    .map_or_else(|| error.to_string(), |d| d.message().to_string());
-                letters.push((
-                    rows[index].record,
-                    Poison {
-                        reason: PoisonReason::RejectedByTable,
-                        detail,
-                    },
-                ));
             }
         } else {
             match apply_rows(&tx, st, &rows, target.payload, false).await {
@@ -693,6 +703,8 @@ impl Writer {
                 Err(e) => return Err(db("copying rows")(e).into()),
             }
         }
+        metrics.skipped("superseded", superseded);
+        committed.skipped += superseded;
 
         if !letters.is_empty() {
             // In source order, whichever step found them.
@@ -860,6 +872,60 @@ async fn copy_rows(
     sink.send(buf.split().freeze()).await?;
     sink.as_mut().finish().await?;
     Ok(())
+}
+
+/// Applies `rows` with [`apply_isolating`]: a row the table refuses becomes a dead letter, or
+/// is skipped when our own unique index says it is stored already. Returns the dead-lettered
+/// rows' keys and records, so that upsert can try each key's next-newest record.
+#[allow(clippy::too_many_arguments)]
+async fn apply_careful<'a>(
+    tx: &Transaction<'_>,
+    statements: &Statements,
+    rows: &[Row<'a>],
+    format: PayloadFormat,
+    info: &SchemaInfo,
+    metrics: &SinkMetrics,
+    committed: &mut Committed,
+    letters: &mut Vec<(&'a Record, Poison)>,
+) -> Result<Vec<(Vec<u8>, &'a Record)>, Attempt> {
+    let (refused, applied) = apply_isolating(tx, statements, rows, format).await?;
+    committed.rows += applied.changed;
+    committed.skipped += applied.not_newer;
+    metrics.skipped("superseded", applied.not_newer);
+    let mut dead = Vec::new();
+    for (index, error) in refused {
+        let duplicate = error.code() == Some(&SqlState::UNIQUE_VIOLATION)
+            && error
+                .as_db_error()
+                .and_then(|d| d.constraint())
+                .is_some_and(|c| {
+                    info.dedup_index
+                        .as_deref()
+                        .is_some_and(|ours| c.ends_with(ours))
+                });
+        if duplicate {
+            // The row is already stored: the positions table was behind the events table
+            // (restored from a backup, edited by hand). Keep it, skip ours.
+            metrics.skipped("primary_key", 1);
+            committed.skipped += 1;
+            continue;
+        }
+        let detail = error
+            .as_db_error()
+            .map_or_else(|| error.to_string(), |d| d.message().to_string());
+        let row = &rows[index];
+        letters.push((
+            row.record,
+            Poison {
+                reason: PoisonReason::RejectedByTable,
+                detail,
+            },
+        ));
+        if let Some(key) = &row.key {
+            dead.push((key.to_vec(), row.record));
+        }
+    }
+    Ok(dead)
 }
 
 /// Applies `rows`, isolating the ones PostgreSQL refuses by halving under savepoints. Returns the
