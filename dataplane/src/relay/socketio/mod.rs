@@ -148,12 +148,16 @@ impl Conn {
     /// Spends one request; a socket over the budget is disconnected by the server (closes
     /// counted as `protocol`, as `/ws` counts its 1008), and its event is not handled.
     fn admit(&self, socket: &SocketRef) -> bool {
-        if self.budget.lock().take(std::time::Instant::now()) {
+        let mut budget = self.budget.lock();
+        if budget.take(std::time::Instant::now()) {
             return true;
         }
+        // Under the budget's lock: handlers run concurrently, and only the first one over the
+        // budget counts the close and disconnects.
         if !self.gone.is_cancelled() {
             self.shared.metrics.close("protocol");
             self.gone.cancel();
+            drop(budget);
             let _ = socket.clone().disconnect();
         }
         false
