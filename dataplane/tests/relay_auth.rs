@@ -23,7 +23,7 @@ use serde_json::{Value, json};
 use tokio_tungstenite::tungstenite::Message;
 use tokio_tungstenite::tungstenite::protocol::frame::coding::CloseCode;
 
-const SECRET: &str = "test-secret-of-enough-length-0123456789";
+const SECRET: &str = TEST_JWT_SECRET;
 
 struct Secured {
     _kafka: MockKafka,
@@ -40,26 +40,7 @@ impl Secured {
         let kafka = MockKafka::new(1).expect("mock cluster");
         kafka.create_topic("t", 1, 1).expect("topic");
         let bootstrap = kafka.bootstrap();
-        let mut cfg = config(&bootstrap, "t", "");
-        cfg.auth = Some(eventstream_crds::config::AuthConfig {
-            algorithm: eventstream_crds::v1alpha1::JwtAlgorithm::HS256,
-            issuer: None,
-            audience: None,
-            channels_claim: "channels".into(),
-            publish_claim: "publish".into(),
-            websocket: true,
-            ingest: false,
-        });
-        let shutdown = tokio_util::sync::CancellationToken::new();
-        let registry = prometheus::Registry::new();
-        let running = eventstream_dataplane::bridge::start_with_key(
-            cfg,
-            registry.clone(),
-            shutdown.clone(),
-            Some(SECRET.into()),
-        )
-        .await
-        .expect("bridge starts");
+        let (running, registry, shutdown) = start_secured(config(&bootstrap, "t", "")).await;
         Secured {
             _kafka: kafka,
             bootstrap,

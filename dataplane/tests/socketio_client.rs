@@ -22,11 +22,11 @@ use std::time::Duration;
 
 use eventstream_testkit::{MockKafka, produce};
 use jsonwebtoken::{Algorithm, EncodingKey, Header, encode};
-use relay_support::{Bridge, config, on_multi_thread_runtime};
+use relay_support::{Bridge, TEST_JWT_SECRET, config, on_multi_thread_runtime, start_secured};
 use serde_json::{Value, json};
 use socketio_support::*;
 
-const SECRET: &str = "test-secret-of-enough-length-0123456789";
+const SECRET: &str = TEST_JWT_SECRET;
 
 fn records(n: usize, channels: usize, tag: &str) -> Vec<(Option<String>, String)> {
     (0..n)
@@ -337,26 +337,7 @@ fn a_bad_token_is_refused_and_a_good_one_gets_only_its_channels() {
         let kafka = MockKafka::new(1).expect("mock cluster");
         kafka.create_topic("t", 1, 1).expect("topic");
         let bootstrap = kafka.bootstrap();
-        let mut cfg = config(&bootstrap, "t", "");
-        cfg.auth = Some(eventstream_crds::config::AuthConfig {
-            algorithm: eventstream_crds::v1alpha1::JwtAlgorithm::HS256,
-            issuer: None,
-            audience: None,
-            channels_claim: "channels".into(),
-            publish_claim: "publish".into(),
-            websocket: true,
-            ingest: false,
-        });
-        let shutdown = tokio_util::sync::CancellationToken::new();
-        let registry = prometheus::Registry::new();
-        let running = eventstream_dataplane::bridge::start_with_key(
-            cfg,
-            registry.clone(),
-            shutdown.clone(),
-            Some(SECRET.into()),
-        )
-        .await
-        .expect("bridge starts");
+        let (running, registry, shutdown) = start_secured(config(&bootstrap, "t", "")).await;
         let url = format!("http://{}", running.local_addr);
         let forged = encode(
             &Header::new(Algorithm::HS256),

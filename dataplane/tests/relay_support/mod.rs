@@ -271,3 +271,37 @@ pub async fn connect_stalling(addr: SocketAddr, path: &str) -> WebSocketStream<T
         .expect("upgrade");
     ws
 }
+
+/// The JWT secret of [`start_secured`] bridges.
+pub const TEST_JWT_SECRET: &str = "test-secret-of-enough-length-0123456789";
+
+/// A bridge whose WebSocket, SSE and Socket.IO need an HS256 token signed with
+/// [`TEST_JWT_SECRET`] (channels in `channels`, publish rights in `publish`).
+pub async fn start_secured(
+    mut cfg: DataplaneConfig,
+) -> (
+    bridge::RunningBridge,
+    prometheus::Registry,
+    tokio_util::sync::CancellationToken,
+) {
+    cfg.auth = Some(eventstream_crds::config::AuthConfig {
+        algorithm: eventstream_crds::v1alpha1::JwtAlgorithm::HS256,
+        issuer: None,
+        audience: None,
+        channels_claim: "channels".into(),
+        publish_claim: "publish".into(),
+        websocket: true,
+        ingest: false,
+    });
+    let shutdown = tokio_util::sync::CancellationToken::new();
+    let registry = prometheus::Registry::new();
+    let running = bridge::start_with_key(
+        cfg,
+        registry.clone(),
+        shutdown.clone(),
+        Some(TEST_JWT_SECRET.into()),
+    )
+    .await
+    .expect("bridge starts");
+    (running, registry, shutdown)
+}
